@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Build the test control plane (etcd, kube-apiserver, kube-controller-manager,
+# kube-scheduler) through the Go module proxy into a cache outside the repo:
+#
+#   ${KUBETRAIN_CACHE:-$HOME/.cache/kubetrain}/k8s-<k8s version>/bin/
+#
+# Binaries already there are kept, so only the first build on a machine is slow
+# (about 20 min cold on 2 cores, seconds warm; see tests/cluster/README.md).
+# Prints the bin directory on its last line. Needs Go >= 1.26.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+k8s_version="$(awk '$1 == "require" && $2 == "k8s.io/kubernetes" {print $3}' "$here/kube/go.mod")"
+etcd_version="$(awk '$1 == "require" && $2 == "go.etcd.io/etcd/server/v3" {print $3}' "$here/etcd/go.mod")"
+cache="${KUBETRAIN_CACHE:-$HOME/.cache/kubetrain}"
+bin="$cache/k8s-$k8s_version/bin"
+mkdir -p "$bin"
+
+if ! command -v go >/dev/null 2>&1; then
+  echo "build.sh: go not found; install Go >= 1.26 to build the test control plane" >&2
+  exit 1
+fi
+
+# Lean, reproducible binaries; -p bounds parallel compiles on small machines.
+flags=(-trimpath "-ldflags=-s -w" "-p=${KUBETRAIN_BUILD_JOBS:-2}")
+
+build() {  # build <module dir> <package> <output name>
+  local dir="$1" pkg="$2" name="$3"
+  if [[ -x "$bin/$name" ]]; then
+    echo "build.sh: $name present" >&2
+    return
+  fi
+  echo "build.sh: building $name ($pkg) ..." >&2
+  local start=$SECONDS
+  (cd "$dir" && GOFLAGS=-mod=readonly go build "${flags[@]}" -o "$bin/$name.tmp" "$pkg")
+  mv "$bin/$name.tmp" "$bin/$name"
+  echo "build.sh: built $name in $((SECONDS - start)) s" >&2
+}
+
+build "$here/etcd" . etcd
+build "$here/kube" k8s.io/kubernetes/cmd/kube-apiserver kube-apiserver
+build "$here/kube" k8s.io/kubernetes/cmd/kube-controller-manager kube-controller-manager
+build "$here/kube" k8s.io/kubernetes/cmd/kube-scheduler kube-scheduler
+printf '%s\n%s\n' "$k8s_version" "$etcd_version" > "$bin/../VERSION"
+echo "$bin"

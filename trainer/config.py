@@ -1,0 +1,273 @@
+"""The trainer's one typed configuration.
+
+Layers, applied in order and validated once at the edge:
+defaults -> YAML file (unknown keys rejected) -> command-line overrides -> per-dataset
+defaults for the values left at ``auto`` -> validation -> frozen. The resolved config is
+written next to the outputs (``<output>/config.yaml``) so every run can be reproduced.
+
+This module imports neither TensorFlow nor any cloud client: the launcher (``jobs/``) uses
+it to validate a job spec's ``train:`` section without a heavy import.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any, Mapping
+
+import yaml
+
+from trainer.errors import ConfigError
+
+BUILTIN_PREFIX = "builtin:"
+BUILTIN_DATASETS = ("digits",)
+MODELS = ("seed_cnn", "resnet_small")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+LR_SCHEDULES = ("constant", "cosine")
+FLIPS = ("none", "horizontal", "vertical", "horizontal_and_vertical")
+STRATEGIES = ("auto", "mirrored", "one_device")
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+SWITCHES = ("auto", "on", "off")
+CACHES = ("auto", "memory", "disk", "none")
+
+
+def _f(default: Any, help: str, choices: tuple[str, ...] | None = None, **kw: Any) -> Any:
+    """A dataclass field carrying its help text and valid choices (used by --help and errors)."""
+    meta = {"help": help, "choices": choices}
+    if callable(default) and not isinstance(default, (str, int, float, bool)):
+        return field(default_factory=default, metadata=meta, **kw)
+    return field(default=default, metadata=meta, **kw)
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Random training-time augmentation (Keras preprocessing layers); None = per-dataset default."""
+
+    rotation: float | None = _f(None, "max rotation as a fraction of a full turn (0.05 = 18 deg)")
+    shift: float | None = _f(None, "max shift as a fraction of height/width")
+    zoom: float | None = _f(None, "max zoom in/out as a fraction")
+    flip: str | None = _f(None, "random flips", FLIPS)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything one training run needs. Built only by ``load_config``; never mutated."""
+
+    data: str = _f("", "dataset: builtin:digits, a local directory, or gs://bucket/prefix")
+    output: str = _f("", "run directory: a local directory or gs://bucket/prefix")
+    model: str = _f("resnet_small", "network architecture", MODELS)
+    image_size: int = _f(0, "square input size in pixels; 0 = dataset default (digits 32, else 64)")
+    epochs: int = _f(10, "number of passes over the training split")
+    batch_size: int = _f(64, "batch size per replica; global batch = this x replicas")
+    optimizer: str = _f("adam", "optimizer", OPTIMIZERS)
+    learning_rate: float = _f(1e-3, "peak learning rate (scaled by nothing: set it for the global batch)")
+    lr_schedule: str = _f("constant", "learning-rate schedule over the whole run", LR_SCHEDULES)
+    weight_decay: float = _f(0.0, "decoupled weight decay (adamw, sgd)")
+    label_smoothing: float = _f(0.0, "label smoothing for the cross-entropy loss")
+    augment: AugmentConfig = _f(AugmentConfig, "training-time augmentation")
+    val_fraction: float = _f(0.1, "validation share when the dataset has no val/ split")
+    test_fraction: float = _f(0.1, "test share when the dataset has no test/ split")
+    seed: int = _f(1337, "seed for splits, shuffling and initialization")
+    strategy: str = _f("auto", "auto = MirroredStrategy over all GPUs (or cpu_replicas), else one device", STRATEGIES)
+    cpu_replicas: int = _f(0, "split the CPU into N logical devices and mirror over them (tests, no GPU)")
+    precision: str = _f("auto", "auto = mixed_float16 on GPU, float32 on CPU", PRECISIONS)
+    jit_compile: str = _f("auto", "XLA compilation; auto = on for GPU, off for CPU (slower there)", SWITCHES)
+    steps_per_execution: int = _f(8, "training steps run per call into the compiled graph")
+    cache: str = _f("auto", "decoded-image cache: auto = memory when it fits, else disk", CACHES)
+    max_bad_image_fraction: float = _f(0.01, "corrupt images are skipped; above this share the run fails")
+    keep_checkpoints: int = _f(3, "how many epoch checkpoints to keep")
+    export: bool = _f(True, "export the trained model under <output>/model/")
+
+    @property
+    def builtin(self) -> str | None:
+        """The built-in dataset's name, or None when ``data`` is a directory or bucket."""
+        return self.data[len(BUILTIN_PREFIX):] if self.data.startswith(BUILTIN_PREFIX) else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _did_you_mean(key: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(key, valid, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return f"{hint}valid keys: {', '.join(valid)}"
+
+
+def _coerce(name: str, value: Any, typ: str, choices: tuple[str, ...] | None) -> Any:
+    """Convert one YAML/CLI value to the field's type, or raise ConfigError naming the key."""
+    if value is None and "None" in typ:
+        return None
+    base = typ.replace(" | None", "")
+    try:
+        if base == "bool":
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+                return value.lower() in ("true", "yes", "1")
+            raise ValueError
+        if base == "int":
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if base == "float":
+            if isinstance(value, bool):
+                raise ValueError
+            out = float(value)
+            if not math.isfinite(out):
+                raise ValueError
+            return out
+        if base == "str":
+            if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+                raise ValueError
+            value = str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"config key {name!r}: expected {base}, got {value!r}") from None
+    if choices and value not in choices:
+        raise ConfigError(f"config key {name!r}: {value!r} is not one of: {', '.join(choices)}")
+    return value
+
+
+def _build(cls: type, values: Mapping[str, Any], prefix: str = "") -> Any:
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"config section {prefix.rstrip('.') or '<top>'!r} must be a mapping")
+    known = {f.name: f for f in fields(cls)}
+    for key in values:
+        if key not in known:
+            raise ConfigError(f"unknown config key {prefix + str(key)!r}; {_did_you_mean(str(key), list(known))}")
+    kwargs = {}
+    for name, value in values.items():
+        f = known[name]
+        if dataclasses.is_dataclass(f.default_factory if f.default_factory is not dataclasses.MISSING else None):
+            kwargs[name] = _build(f.default_factory, value or {}, prefix + name + ".")
+        else:
+            kwargs[name] = _coerce(prefix + name, value, str(f.type), f.metadata.get("choices"))
+    return cls(**kwargs)
+
+
+def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merge(dict(out[key]), value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``["augment.flip=none", "epochs=3"]`` -> nested dict; values parsed as YAML scalars."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set expects KEY=VALUE, got {pair!r}")
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError:
+            value = raw
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return out
+
+
+def read_yaml(text: str, source: str) -> dict[str, Any]:
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{source}:{where} is not valid YAML") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{source}: expected a mapping of config keys at the top level")
+    return loaded
+
+
+def _resolve(cfg: TrainConfig) -> TrainConfig:
+    """Fill the ``auto`` values that depend only on the dataset's kind."""
+    digits_like = cfg.builtin is not None
+    size = cfg.image_size or (32 if digits_like else 64)
+    a = cfg.augment
+    if digits_like:  # flips and big rotations change a digit's meaning
+        aug = AugmentConfig(
+            rotation=0.0 if a.rotation is None else a.rotation,
+            shift=0.0 if a.shift is None else a.shift,
+            zoom=0.0 if a.zoom is None else a.zoom,
+            flip=a.flip or "none",
+        )
+    else:
+        aug = AugmentConfig(
+            rotation=0.05 if a.rotation is None else a.rotation,
+            shift=0.1 if a.shift is None else a.shift,
+            zoom=0.1 if a.zoom is None else a.zoom,
+            flip=a.flip or "horizontal",
+        )
+    return dataclasses.replace(cfg, image_size=size, augment=aug)
+
+
+def _validate(cfg: TrainConfig) -> None:
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            raise ConfigError(message)
+
+    need(bool(cfg.data), "no dataset: pass --data (builtin:digits, a directory or gs://bucket/prefix)")
+    need(bool(cfg.output), "no output: pass --output (a directory or gs://bucket/prefix)")
+    if cfg.builtin is not None:
+        need(cfg.builtin in BUILTIN_DATASETS,
+             f"unknown built-in dataset {cfg.data!r}; available: "
+             + ", ".join(BUILTIN_PREFIX + d for d in BUILTIN_DATASETS))
+    for uri_key in ("data", "output"):
+        uri = getattr(cfg, uri_key)
+        if uri.startswith("gs://"):
+            need(len(uri) > len("gs://") and not uri[5:].startswith("/"),
+                 f"config key {uri_key!r}: {uri!r} has no bucket name (gs://BUCKET/prefix)")
+    need(cfg.image_size >= 16 or cfg.image_size == 0,
+         f"config key 'image_size': {cfg.image_size} is too small (minimum 16)")
+    need(cfg.image_size <= 1024, f"config key 'image_size': {cfg.image_size} is too large (maximum 1024)")
+    need(cfg.epochs >= 1, f"config key 'epochs': must be >= 1, got {cfg.epochs}")
+    need(cfg.batch_size >= 1, f"config key 'batch_size': must be >= 1, got {cfg.batch_size}")
+    need(cfg.learning_rate > 0, f"config key 'learning_rate': must be > 0, got {cfg.learning_rate}")
+    need(cfg.weight_decay >= 0, f"config key 'weight_decay': must be >= 0, got {cfg.weight_decay}")
+    need(0 <= cfg.label_smoothing < 1, "config key 'label_smoothing': must be in [0, 1)")
+    need(0 <= cfg.val_fraction < 0.5, "config key 'val_fraction': must be in [0, 0.5)")
+    need(0 < cfg.test_fraction < 0.5, "config key 'test_fraction': must be in (0, 0.5)")
+    need(cfg.cpu_replicas >= 0, "config key 'cpu_replicas': must be >= 0")
+    need(cfg.steps_per_execution >= 1, "config key 'steps_per_execution': must be >= 1")
+    need(0 <= cfg.max_bad_image_fraction <= 1, "config key 'max_bad_image_fraction': must be in [0, 1]")
+    need(cfg.keep_checkpoints >= 1, "config key 'keep_checkpoints': must be >= 1")
+    a = cfg.augment
+    for name in ("rotation", "shift", "zoom"):
+        value = getattr(a, name)
+        need(value is None or 0 <= value <= 0.5, f"config key 'augment.{name}': must be in [0, 0.5]")
+
+
+def load_config(
+    file_values: Mapping[str, Any] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> TrainConfig:
+    """Defaults -> file values -> overrides -> per-dataset defaults -> validated, frozen config."""
+    merged = _merge(_merge({}, file_values or {}), overrides or {})
+    cfg = _build(TrainConfig, merged)
+    _validate(cfg)
+    return _resolve(cfg)
+
+
+def field_docs() -> list[tuple[str, str, Any, tuple[str, ...] | None]]:
+    """(dotted key, help, default, choices) for every config key, for --help and the README."""
+    rows = []
+    for f in fields(TrainConfig):
+        if f.default_factory is AugmentConfig:
+            for sub in fields(AugmentConfig):
+                rows.append((f"augment.{sub.name}", sub.metadata["help"], sub.default, sub.metadata["choices"]))
+        else:
+            rows.append((f.name, f.metadata["help"], f.default, f.metadata["choices"]))
+    return rows

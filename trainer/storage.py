@@ -1,0 +1,94 @@
+"""Storage URIs: local paths and ``gs://bucket/prefix``.
+
+This is the only module that knows about schemes. The rest of the trainer sees two things:
+
+* ``fetch_dataset(uri, cache_dir) -> Path``: a local directory holding the dataset (a local
+  dataset is used in place; a bucket prefix is downloaded into the cache first);
+* ``RunDir``: the run's output. The trainer always writes into ``run_dir.local`` and then calls
+  ``push(rel)`` (make a file or tree durable at the destination), ``pull(rel)`` (bring it back
+  before resuming) and ``publish(staging, rel)`` (replace ``rel`` with a complete tree, so a
+  failed run never overwrites a good one). For a local output ``local`` *is* the destination
+  and ``push``/``pull`` do nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+from trainer.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+GCS_SCHEME = "gs://"
+
+
+def is_remote(uri: str) -> bool:
+    return uri.startswith(GCS_SCHEME)
+
+
+def fetch_dataset(uri: str, cache_dir: Path) -> Path:
+    """A local directory with the dataset at ``uri`` (downloaded into ``cache_dir`` if remote)."""
+    if is_remote(uri):
+        from trainer import gcs  # the cloud client is imported only when a bucket is used
+
+        return gcs.download_prefix(uri, cache_dir)
+    path = Path(uri).expanduser()
+    if not path.exists():
+        raise DataError(f"dataset directory {uri!r} does not exist")
+    if not path.is_dir():
+        raise DataError(f"dataset {uri!r} is not a directory (expected one subfolder per class)")
+    return path
+
+
+class RunDir:
+    """A run's output directory on the local disk (see the module docstring)."""
+
+    def __init__(self, uri: str):
+        self.uri = uri
+        self.local = Path(uri).expanduser()
+        try:
+            self.local.mkdir(parents=True, exist_ok=True)
+            probe = self.local / f".write-probe-{uuid.uuid4().hex}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise ConfigError(f"output directory {uri!r} is not writable: {exc.strerror}") from None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.uri!r})"
+
+    def push(self, rel: str) -> None:
+        """Make ``local/rel`` (a file or a tree) durable at the destination."""
+
+    def pull(self, rel: str) -> bool:
+        """Bring ``rel`` (a file or a tree) from the destination into ``local``; False if absent."""
+        return (self.local / rel).exists()
+
+    def publish(self, staging: Path, rel: str) -> None:
+        """Replace ``rel`` with the complete tree ``staging`` (moved, not copied).
+
+        The previous ``rel`` is kept until the new one is in place, so an interrupted or failed
+        run leaves the last good one readable.
+        """
+        target = self.local / rel
+        old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
+        if target.exists():
+            os.replace(target, old)
+        os.replace(staging, target)
+        shutil.rmtree(old, ignore_errors=True)
+
+    def uri_of(self, rel: str) -> str:
+        return f"{self.uri.rstrip('/')}/{rel}"
+
+
+def open_run_dir(uri: str, scratch: Path) -> RunDir:
+    """The run directory for ``uri``; remote outputs are staged under ``scratch``."""
+    if is_remote(uri):
+        from trainer import gcs
+
+        return gcs.GCSRunDir(uri, scratch)
+    return RunDir(uri)
