@@ -68,6 +68,12 @@ class RunDir:
         """Bring ``rel`` (a file or a tree) from the destination into ``local``; False if absent."""
         return (self.local / rel).exists()
 
+    def staging(self, rel: str) -> Path:
+        """A fresh empty directory to build ``rel`` in before ``publish`` (same filesystem)."""
+        path = self.local / f".{rel.replace('/', '_')}.staging-{uuid.uuid4().hex[:8]}"
+        path.mkdir(parents=True)
+        return path
+
     def publish(self, staging: Path, rel: str) -> None:
         """Replace ``rel`` with the complete tree ``staging`` (moved, not copied).
 
