@@ -35,6 +35,18 @@ test: $(STAMP) ## run the whole test suite (starts the GCS emulator and the loca
 lint: $(STAMP) ## ruff on the Python code
 	$(VENV)/bin/ruff check trainer jobs tests
 
+.PHONY: cluster-build
+cluster-build: ## build etcd and the Kubernetes control plane from Go modules (cached; ~20 min the first time)
+	@bash tests/cluster/build.sh
+
+.PHONY: cluster-up
+cluster-up: $(STAMP) cluster-build ## start a local Kubernetes on 127.0.0.1 (no Docker) and print `export KUBECONFIG=...`
+	@$(PY) tests/cluster/local_cluster.py up
+
+.PHONY: cluster-down
+cluster-down: ## stop the cluster started by `make cluster-up`, leaving nothing running
+	@$(PY) tests/cluster/local_cluster.py down
+
 .PHONY: clean
 clean: ## remove the virtualenv and local runs
 	rm -rf $(VENV) runs

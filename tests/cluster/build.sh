@@ -6,7 +6,7 @@
 #
 # Binaries already there are kept, so only the first build on a machine is slow
 # (about 20 min cold on 2 cores, seconds warm; see tests/cluster/README.md).
-# Prints the bin directory on its last line. Needs Go >= 1.26.
+# Everything it prints goes to stderr. Needs Go >= 1.26.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -42,4 +42,4 @@ build "$here/kube" k8s.io/kubernetes/cmd/kube-apiserver kube-apiserver
 build "$here/kube" k8s.io/kubernetes/cmd/kube-controller-manager kube-controller-manager
 build "$here/kube" k8s.io/kubernetes/cmd/kube-scheduler kube-scheduler
 printf '%s\n%s\n' "$k8s_version" "$etcd_version" > "$bin/../VERSION"
-echo "$bin"
+echo "build.sh: binaries in $bin" >&2

@@ -1,0 +1,105 @@
+"""Fixtures for tests against the real control plane (tests/cluster/test_*.py).
+
+`control_plane` (session): etcd, kube-apiserver, kube-controller-manager, kube-scheduler and the
+test kubelet on 127.0.0.1, started once, stopped at the end of the session (and killed with the
+pytest process if it dies). Without the binaries (`make cluster-build`) the tests are skipped,
+with the reason, unless CI=true, where that is a failure.
+
+`namespace` (function): a fresh namespace per test, deleted afterwards.
+`kube` (function): admin API clients.
+`launcher` (function): runs `python -m jobs ...` against the cluster, in the test's namespace.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import controlplane
+import pytest
+from kubernetes import client
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def control_plane(tmp_path_factory):
+    binaries = controlplane.Binaries.default()
+    missing = binaries.missing()
+    if missing:
+        message = (
+            f"local control plane not built ({', '.join(p.name for p in missing)} missing in "
+            f"{missing[0].parent}); run `make cluster-build` (needs Go >= 1.26)"
+        )
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true: {message}", pytrace=False)
+        pytest.skip(message)
+    plane = controlplane.ControlPlane(tmp_path_factory.mktemp("cluster"), binaries)
+    plane.start()
+    try:
+        yield plane
+    finally:
+        plane.stop()
+
+
+@dataclass
+class Kube:
+    """Admin API clients for one test."""
+
+    api: client.ApiClient
+    core: client.CoreV1Api
+    batch: client.BatchV1Api
+    rbac: client.RbacAuthorizationV1Api
+
+
+@pytest.fixture
+def kube(control_plane) -> Kube:
+    api = control_plane.api_client()
+    yield Kube(api, client.CoreV1Api(api), client.BatchV1Api(api),
+               client.RbacAuthorizationV1Api(api))
+    api.close()
+
+
+@pytest.fixture
+def namespace(control_plane, kube, request) -> str:
+    """A namespace of its own for the test (with its default ServiceAccount ready)."""
+    stem = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
+    name = f"{stem}-{uuid.uuid4().hex[:5]}"
+    kube.core.create_namespace({"metadata": {"name": name}})
+    controlplane.wait_for_service_account(kube.api, name, time.monotonic() + 60)
+    yield name
+    kube.core.delete_namespace(name, propagation_policy="Background")
+
+
+@dataclass
+class Launcher:
+    """Runs the launcher's CLI (`python -m jobs`) with a kubeconfig and a namespace."""
+
+    kubeconfig: Path
+    namespace: str
+
+    def __call__(self, *args: str, timeout_seconds: float = 120,
+                 check: bool = True) -> subprocess.CompletedProcess:
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
+        proc = subprocess.run(
+            [sys.executable, "-m", "jobs", *args, "--namespace", self.namespace],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout_seconds,
+            check=False,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(
+                f"`python -m jobs {' '.join(args)}` exited {proc.returncode}\n"
+                f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+            )
+        return proc
+
+
+@pytest.fixture
+def launcher(control_plane, namespace) -> Launcher:
+    return Launcher(control_plane.kubeconfig, namespace)
