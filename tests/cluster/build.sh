@@ -2,7 +2,7 @@
 # Build the test control plane (etcd, kube-apiserver, kube-controller-manager,
 # kube-scheduler) through the Go module proxy into a cache outside the repo:
 #
-#   ${KUBETRAIN_CACHE:-$HOME/.cache/kubetrain}/k8s-<k8s version>/bin/
+#   ${KUBETRAIN_CACHE:-$HOME/.cache/kubetrain}/k8s-<k8s version>_etcd-<etcd version>/bin/
 #
 # Binaries already there are kept, so only the first build on a machine is slow
 # (about 20 min cold on 2 cores, seconds warm; see tests/cluster/README.md).
@@ -10,10 +10,17 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-k8s_version="$(awk '$1 == "require" && $2 == "k8s.io/kubernetes" {print $3}' "$here/kube/go.mod")"
-etcd_version="$(awk '$1 == "require" && $2 == "go.etcd.io/etcd/server/v3" {print $3}' "$here/etcd/go.mod")"
+module_version() {  # module_version <go.mod> <module path>: its required version
+  awk -v m="$2" '$1 == "require" && $2 == m {print $3} $1 == m {print $2}' "$1" | head -1
+}
+k8s_version="$(module_version "$here/kube/go.mod" k8s.io/kubernetes)"
+etcd_version="$(module_version "$here/etcd/go.mod" go.etcd.io/etcd/server/v3)"
+if [[ -z "$k8s_version" || -z "$etcd_version" ]]; then
+  echo "build.sh: cannot read the pinned versions from kube/go.mod and etcd/go.mod" >&2
+  exit 1
+fi
 cache="${KUBETRAIN_CACHE:-$HOME/.cache/kubetrain}"
-bin="$cache/k8s-$k8s_version/bin"
+bin="$cache/k8s-${k8s_version}_etcd-${etcd_version}/bin"
 mkdir -p "$bin"
 
 if ! command -v go >/dev/null 2>&1; then

@@ -56,13 +56,22 @@ class ControlPlaneError(RuntimeError):
     """A part of the control plane did not start or did not become healthy in time."""
 
 
+def _pinned_version(go_mod: Path, module: str) -> str:
+    text = go_mod.read_text()
+    match = re.search(rf"^\s*(?:require\s+)?{re.escape(module)} (v\S+)", text, re.MULTILINE)
+    if not match:
+        raise ControlPlaneError(f"{go_mod} does not require {module}")
+    return match.group(1)
+
+
 def kubernetes_version() -> str:
     """The Kubernetes release pinned by tests/cluster/kube/go.mod, e.g. 'v1.36.3'."""
-    text = (HERE / "kube" / "go.mod").read_text()
-    match = re.search(r"^require k8s\.io/kubernetes (v\S+)$", text, re.MULTILINE)
-    if not match:
-        raise ControlPlaneError("tests/cluster/kube/go.mod does not require k8s.io/kubernetes")
-    return match.group(1)
+    return _pinned_version(HERE / "kube" / "go.mod", "k8s.io/kubernetes")
+
+
+def etcd_version() -> str:
+    """The etcd release pinned by tests/cluster/etcd/go.mod, e.g. 'v3.6.8'."""
+    return _pinned_version(HERE / "etcd" / "go.mod", "go.etcd.io/etcd/server/v3")
 
 
 def default_cache_dir() -> Path:
@@ -93,7 +102,8 @@ class Binaries:
         override = os.environ.get("KUBETRAIN_K8S_BIN")
         if override:
             return cls.in_dir(Path(override))
-        return cls.in_dir(default_cache_dir() / f"k8s-{kubernetes_version()}" / "bin")
+        key = f"k8s-{kubernetes_version()}_etcd-{etcd_version()}"
+        return cls.in_dir(default_cache_dir() / key / "bin")
 
     def missing(self) -> list[Path]:
         paths = (self.etcd, self.apiserver, self.controller_manager, self.scheduler)
