@@ -68,6 +68,14 @@ class RunDir:
         """Bring ``rel`` (a file or a tree) from the destination into ``local``; False if absent."""
         return (self.local / rel).exists()
 
+    def remove(self, rel: str) -> None:
+        """Delete the file or tree ``rel`` locally and at the destination (absent is fine)."""
+        path = self.local / rel
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
     def staging(self, rel: str) -> Path:
         """A fresh empty directory to build ``rel`` in before ``publish`` (same filesystem)."""
         path = self.local / f".{rel.replace('/', '_')}.staging-{uuid.uuid4().hex[:8]}"
