@@ -1,0 +1,5 @@
+"""The launcher: a YAML job spec becomes a Kubernetes Job or CronJob (``python -m jobs``).
+
+spec.py (validate) -> render.py (pure manifests) -> submit.py / follow.py -> cluster.py (the
+only module that talks to the API).
+"""

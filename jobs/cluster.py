@@ -1,0 +1,231 @@
+"""The one module that talks to the Kubernetes API.
+
+``connect()`` builds a ``Cluster`` from a kubeconfig (file and context, like kubectl's flags)
+or, inside a pod, from the in-cluster service account. Nothing connects at import time.
+Every method takes and returns plain JSON dicts (the API's own camelCase shape, the same shape
+``render`` produces), so the logic in ``submit``/``follow`` is tested on dicts, and every API
+failure surfaces as one of a few exceptions:
+
+    NotFound     the object (or namespace) does not exist
+    Conflict     it already exists, or changed under us
+    Forbidden    RBAC said no (the launcher's Role is in k8s/base/role.yaml)
+    Gone         a watch's resourceVersion is too old: list again
+    ClusterError anything else (unreachable, bad kubeconfig, server error)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+IN_CLUSTER_NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+REQUEST_TIMEOUT_SECONDS = 30  # one ordinary API call; watches and log streams set their own
+
+
+class ClusterError(Exception):
+    """The API call failed; the message says what to do."""
+
+
+class NotFound(ClusterError):
+    pass
+
+
+class Conflict(ClusterError):
+    pass
+
+
+class Forbidden(ClusterError):
+    pass
+
+
+class Gone(ClusterError):
+    pass
+
+
+def _translate(exc: Exception, what: str) -> ClusterError:
+    """One of our exceptions for a kubernetes-client or urllib3 exception."""
+    from kubernetes.client.exceptions import ApiException
+
+    if isinstance(exc, ApiException):
+        message = exc.reason or ""
+        try:
+            message = json.loads(exc.body or "{}").get("message", message)
+        except (ValueError, AttributeError):
+            pass
+        if exc.status == 404:
+            return NotFound(f"{what}: not found ({message})")
+        if exc.status == 409:
+            return Conflict(f"{what}: {message}")
+        if exc.status == 403:
+            return Forbidden(f"{what}: forbidden: {message} (the launcher needs the Role in "
+                             "k8s/base/role.yaml)")
+        if exc.status == 410:
+            return Gone(f"{what}: {message}")
+        if exc.status == 401:
+            return ClusterError(f"{what}: unauthorized: the kubeconfig's credentials were refused")
+        return ClusterError(f"{what}: API error {exc.status}: {message}")
+    return ClusterError(f"{what}: cannot reach the API server: {exc}")
+
+
+def _call(what: str, func: Any, *args: Any, **kwargs: Any) -> dict:
+    """Call a kubernetes-client method and return the response body as a dict."""
+    from kubernetes.client.exceptions import ApiException
+    from urllib3.exceptions import HTTPError
+
+    kwargs.setdefault("_request_timeout", REQUEST_TIMEOUT_SECONDS)
+    try:
+        resp = func(*args, _preload_content=False, **kwargs)
+        return json.loads(resp.data or b"{}")
+    except (ApiException, HTTPError, OSError) as exc:
+        raise _translate(exc, what) from None
+
+
+@dataclass
+class Cluster:
+    """API clients for one cluster, and the namespace its config points at."""
+
+    core: Any  # kubernetes.client.CoreV1Api
+    batch: Any  # kubernetes.client.BatchV1Api
+    default_namespace: str
+    host: str
+
+    # -- single objects -------------------------------------------------------------------
+
+    def get(self, kind: str, namespace: str, name: str) -> dict:
+        what = f"{kind.lower()} {namespace}/{name}"
+        read = {"Job": self.batch.read_namespaced_job,
+                "CronJob": self.batch.read_namespaced_cron_job,
+                "ConfigMap": self.core.read_namespaced_config_map,
+                "Pod": self.core.read_namespaced_pod}[kind]
+        return _call(what, read, name, namespace)
+
+    def create(self, namespace: str, manifest: dict) -> dict:
+        kind, name = manifest["kind"], manifest["metadata"]["name"]
+        create = {"Job": self.batch.create_namespaced_job,
+                  "CronJob": self.batch.create_namespaced_cron_job,
+                  "ConfigMap": self.core.create_namespaced_config_map}[kind]
+        return _call(f"create {kind.lower()} {namespace}/{name}", create, namespace, manifest)
+
+    def replace_config_map(self, namespace: str, manifest: dict) -> dict:
+        name = manifest["metadata"]["name"]
+        return _call(f"replace configmap {namespace}/{name}", self.core.replace_namespaced_config_map,
+                     name, namespace, manifest)
+
+    def set_owner(self, namespace: str, config_map: str, owner: dict) -> dict:
+        """Make ``owner`` (a Job or CronJob) own the ConfigMap, so it is garbage-collected too."""
+        ref = {"apiVersion": owner["apiVersion"], "kind": owner["kind"],
+               "name": owner["metadata"]["name"], "uid": owner["metadata"]["uid"]}
+        patch = {"metadata": {"ownerReferences": [ref]}}
+        return _call(f"patch configmap {namespace}/{config_map}", self.core.patch_namespaced_config_map,
+                     config_map, namespace, patch)
+
+    def delete(self, kind: str, namespace: str, name: str) -> dict:
+        """Delete an object; a Job's or CronJob's pods go with it (background propagation)."""
+        delete = {"Job": self.batch.delete_namespaced_job,
+                  "CronJob": self.batch.delete_namespaced_cron_job,
+                  "ConfigMap": self.core.delete_namespaced_config_map}[kind]
+        return _call(f"delete {kind.lower()} {namespace}/{name}", delete, name, namespace,
+                     propagation_policy="Background")
+
+    # -- lists ----------------------------------------------------------------------------
+
+    def list(self, kind: str, namespace: str, label_selector: str = "") -> dict:
+        """A list response ({"items": [...], "metadata": {"resourceVersion": ...}})."""
+        list_ = {"Job": self.batch.list_namespaced_job,
+                 "CronJob": self.batch.list_namespaced_cron_job,
+                 "Pod": self.core.list_namespaced_pod}[kind]
+        return _call(f"list {kind.lower()}s in {namespace}", list_, namespace,
+                     label_selector=label_selector)
+
+    # -- watches and streams ----------------------------------------------------------------
+
+    def watch(self, kind: str, namespace: str, *, name: str = "", label_selector: str = "",
+              resource_version: str = "", timeout_seconds: int = 30) -> Iterator[tuple[str, dict]]:
+        """(event type, object) for changes after ``resource_version``, for at most
+        ``timeout_seconds``. Raises Gone when the version is too old (list again)."""
+        from kubernetes import watch
+        from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
+
+        list_ = {"Job": self.batch.list_namespaced_job,
+                 "Pod": self.core.list_namespaced_pod}[kind]
+        kwargs: dict[str, Any] = {"timeout_seconds": max(1, int(timeout_seconds)),
+                                  "_request_timeout": int(timeout_seconds) + REQUEST_TIMEOUT_SECONDS}
+        if name:
+            kwargs["field_selector"] = f"metadata.name={name}"
+        if label_selector:
+            kwargs["label_selector"] = label_selector
+        if resource_version:
+            kwargs["resource_version"] = resource_version
+        w = watch.Watch()
+        try:
+            for event in w.stream(list_, namespace, **kwargs):
+                yield event["type"], event["raw_object"]
+        except (ApiException, HTTPError, OSError) as exc:
+            raise _translate(exc, f"watch {kind.lower()}s in {namespace}") from None
+        finally:
+            w.stop()
+
+    def logs(self, namespace: str, pod: str, container: str, follow: bool = False) -> Iterator[str]:
+        """The container's log, line by line; with ``follow``, until the container exits."""
+        from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
+
+        what = f"logs of pod {namespace}/{pod}"
+        try:
+            resp = self.core.read_namespaced_pod_log(
+                pod, namespace, container=container, follow=follow, _preload_content=False,
+                _request_timeout=None if follow else REQUEST_TIMEOUT_SECONDS)
+            try:
+                pending = b""
+                for chunk in resp.stream(4096, decode_content=True):
+                    pending += chunk
+                    *lines, pending = pending.split(b"\n")
+                    for line in lines:
+                        yield line.decode("utf-8", "replace")
+                if pending:
+                    yield pending.decode("utf-8", "replace")
+            finally:
+                resp.release_conn()
+        except (ApiException, HTTPError, OSError) as exc:
+            raise _translate(exc, what) from None
+
+
+def connect(kubeconfig: str | None = None, context: str | None = None) -> Cluster:
+    """A Cluster from kubeconfig (``--kubeconfig``/``$KUBECONFIG``/~/.kube/config, ``--context``)
+    or, with neither flag and inside a pod, from the in-cluster service account."""
+    from kubernetes import client, config
+    from kubernetes.config.config_exception import ConfigException
+
+    in_cluster = not kubeconfig and not context and bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
+    try:
+        if in_cluster:
+            cfg = client.Configuration()
+            config.load_incluster_config(client_configuration=cfg)
+            api = client.ApiClient(configuration=cfg)
+            try:
+                with open(IN_CLUSTER_NAMESPACE_FILE) as f:
+                    namespace = f.read().strip() or "default"
+            except OSError:
+                namespace = "default"
+        else:
+            api = config.new_client_from_config(config_file=kubeconfig, context=context)
+            _, active = config.list_kube_config_contexts(config_file=kubeconfig)
+            if context:
+                contexts, _ = config.list_kube_config_contexts(config_file=kubeconfig)
+                active = next((c for c in contexts if c["name"] == context), active)
+            namespace = (active or {}).get("context", {}).get("namespace") or "default"
+    except (ConfigException, OSError, TypeError, ValueError) as exc:
+        source = "in-cluster config" if in_cluster else (kubeconfig or os.environ.get("KUBECONFIG")
+                                                           or "~/.kube/config")
+        raise ClusterError(f"cannot load the Kubernetes config from {source}: {exc}") from None
+    host = api.configuration.host
+    log.debug("connected to %s (namespace %s)", host, namespace)
+    return Cluster(core=client.CoreV1Api(api), batch=client.BatchV1Api(api),
+                   default_namespace=namespace, host=host)
