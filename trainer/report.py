@@ -244,9 +244,9 @@ def _default_mpl_dirs_writable() -> bool:
     return True
 
 
-def _new_figure(width: float, height: float) -> Any:
+def _new_figure(width: float, height: float, layout: str | None = "constrained") -> Any:
     figure_cls, canvas_cls = _matplotlib()
-    fig = figure_cls(figsize=(width, height), dpi=DPI, layout="constrained")
+    fig = figure_cls(figsize=(width, height), dpi=DPI, layout=layout)
     canvas_cls(fig)
     return fig
 
@@ -354,7 +354,7 @@ def plot_confusion_matrix(path: Path, cm: np.ndarray, class_names: Sequence[str]
     cmap = "Blues"
     norm = Normalize(vmin=0.0, vmax=vmax)
     im = ax.imshow(values, cmap=cmap, norm=norm, interpolation="nearest", aspect="equal")
-    cbar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03, shrink=0.9)
+    cbar = fig.colorbar(im, ax=ax, pad=0.02, shrink=0.9 if n <= 15 else 0.5, aspect=25)
     cbar.set_label("share of the true class" if normalize else "test images")
 
     if n <= ANNOTATE_MAX_CLASSES:
@@ -362,9 +362,9 @@ def plot_confusion_matrix(path: Path, cm: np.ndarray, class_names: Sequence[str]
         font = 10 if n <= 10 else 8 if n <= 20 else 6
         for (i, j), v in np.ndenumerate(values):
             if normalize:
-                if row_totals[i, 0] == 0:
+                if v == 0:  # blank zeros: the few mistakes stand out
                     continue
-                text = f"{v:.0%}" if v >= 0.005 or v == 0 else "<1%"
+                text = f"{v:.0%}" if v >= 0.005 else "<1%"
             else:
                 text = f"{int(v)}"
             r, g, b, _ = colors[i, j]
@@ -387,11 +387,10 @@ def plot_confusion_matrix(path: Path, cm: np.ndarray, class_names: Sequence[str]
             label.set_rotation_mode("anchor" if rotation == 45 else "default")
     ax.set_xlabel("Predicted label", fontsize=11)
     ax.set_ylabel("True label", fontsize=11)
-    # thin white grid between cells, like a heatmap
-    ax.set_xticks(np.arange(-0.5, n, 1), minor=True)
-    ax.set_yticks(np.arange(-0.5, n, 1), minor=True)
-    ax.grid(which="minor", color="white", linewidth=0.6 if n <= 50 else 0.2)
-    ax.tick_params(which="minor", length=0)
+    if n <= 60:  # thin white lines between cells (two collections, cheaper than minor ticks)
+        edges = np.arange(-0.5, n, 1.0)
+        ax.hlines(edges, -0.5, n - 0.5, colors="white", linewidth=0.6)
+        ax.vlines(edges, -0.5, n - 0.5, colors="white", linewidth=0.6)
     ax.spines[:].set_visible(False)
     total = int(cm.sum())
     correct = int(np.trace(cm))
@@ -464,8 +463,22 @@ def plot_predictions(path: Path, images: np.ndarray, probs: np.ndarray, y_true: 
         return "no test images"
     cols = min(GRID_SIDE, k)
     rows = math.ceil(k / cols)
-    fig = _new_figure(2.1 * cols + 0.3, 2.45 * rows + 0.75)
-    for cell, idx in enumerate(chosen):
+    titles = []
+    for idx in chosen:
+        pred, true = int(y_pred[idx]), int(y_true[idx])
+        title = (f"pred: {_short(str(class_names[pred]), 16)} ({probs[idx, pred]:.0%})\n"
+                 f"true: {_short(str(class_names[true]), 16)}")
+        titles.append((title, pred == true))
+    longest = max(len(line) for t, _ in titles for line in t.splitlines())
+    font = max(7.0, min(10.0, 138 / (0.62 * longest)))  # a title fits its ~2-inch cell
+    # Fixed grid (no constrained layout: 25 axes would make it solve for seconds), in inches:
+    cell_w, image_h, title_h, top_h = 2.1, 1.95, 0.5, 0.4
+    width, height = cols * cell_w + 0.2, rows * (image_h + title_h) + top_h
+    fig = _new_figure(width, height, layout=None)
+    fig.subplots_adjust(left=0.1 / width, right=1 - 0.1 / width, bottom=0.08 / height,
+                        top=1 - (top_h + title_h) / height, wspace=0.08,
+                        hspace=title_h / image_h)
+    for cell, (idx, (title, ok)) in enumerate(zip(chosen, titles)):
         ax = fig.add_subplot(rows, cols, cell + 1)
         img, cmap = _displayable(images[idx])
         if cmap:
@@ -473,18 +486,15 @@ def plot_predictions(path: Path, images: np.ndarray, probs: np.ndarray, y_true: 
                       interpolation="nearest")
         else:
             ax.imshow(img, interpolation="nearest")
-        pred, true = int(y_pred[idx]), int(y_true[idx])
-        ok = pred == true
-        ax.set_title(f"pred: {_short(str(class_names[pred]), 16)} ({probs[idx, pred]:.0%})\n"
-                     f"true: {_short(str(class_names[true]), 16)}",
-                     color=GREEN if ok else RED, fontsize=10,
+        ax.set_title(title, color=GREEN if ok else RED, fontsize=font, pad=4,
                      fontweight="normal" if ok else "bold")
         ax.set_xticks([])
         ax.set_yticks([])
         for spine in ax.spines.values():
             spine.set_edgecolor(GREEN if ok else RED)
             spine.set_linewidth(1.5 if ok else 3)
-    fig.suptitle(f"Test predictions: {how}", fontsize=10, wrap=True)
+    fig.suptitle(f"Test predictions: {how}", fontsize=10, wrap=True,
+                 y=1 - 0.12 / height, va="top")
     _save(fig, path)
     return how[0].upper() + how[1:]
 
@@ -513,6 +523,7 @@ figure img { max-width:100%; height:auto; border:1px solid var(--line); border-r
 figcaption { color:var(--muted); font-size:13px; margin-top:4px; }
 .row { display:flex; flex-wrap:wrap; gap:20px; align-items:flex-start; }
 .row figure { flex:1 1 460px; }
+.row.wide figure { flex-basis:100%; }
 table { border-collapse:collapse; font-variant-numeric:tabular-nums; font-size:14px; }
 th, td { padding:5px 12px; border-bottom:1px solid var(--line); text-align:right; }
 th { background:var(--bg); font-weight:600; }
@@ -652,11 +663,11 @@ def render_html(metrics: Mapping[str, Any], config: Mapping[str, Any], *,
 {history_html}
 
 <h2>Confusion matrix</h2>
-<div class="row">
-<figure><img src="{CONFUSION_FILE}" alt="confusion matrix, counts"></figure>
-<figure><img src="{CONFUSION_NORMALIZED_FILE}" alt="confusion matrix normalized by true class"></figure>
+<div class="row{' wide' if n_classes > 15 else ''}">
+<figure><a href="{CONFUSION_FILE}"><img src="{CONFUSION_FILE}" alt="confusion matrix, counts"></a></figure>
+<figure><a href="{CONFUSION_NORMALIZED_FILE}"><img src="{CONFUSION_NORMALIZED_FILE}" alt="confusion matrix normalized by true class"></a></figure>
 </div>
-<p class="note">{_esc(cm_caption)} The right-hand view divides each row by the class's test images, so its diagonal is the recall.</p>
+<p class="note">{_esc(cm_caption)} The second view divides each row by the class's test images, so its diagonal is the recall. Click an image for full size.</p>
 
 <h2>Per-class results</h2>
 <table>
