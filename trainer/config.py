@@ -15,7 +15,8 @@ import dataclasses
 import difflib
 import math
 from dataclasses import dataclass, field, fields
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import yaml
 
@@ -58,7 +59,7 @@ class TrainConfig:
     data: str = _f("", "dataset: builtin:digits, a local directory, or gs://bucket/prefix")
     output: str = _f("", "run directory: a local directory or gs://bucket/prefix")
     model: str = _f("resnet_small", "network architecture", MODELS)
-    image_size: int = _f(0, "square input size in pixels; 0 = dataset default (digits 32, else 64)")
+    image_size: int = _f(0, "square input size in pixels; 0 = dataset default (digits 16, else 64)")
     epochs: int = _f(10, "number of passes over the training split")
     batch_size: int = _f(64, "batch size per replica; global batch = this x replicas")
     optimizer: str = _f("adam", "optimizer", OPTIMIZERS)
@@ -66,7 +67,7 @@ class TrainConfig:
     lr_schedule: str = _f("constant", "learning-rate schedule over the whole run", LR_SCHEDULES)
     weight_decay: float = _f(0.0, "decoupled weight decay (adamw, sgd)")
     label_smoothing: float = _f(0.0, "label smoothing for the cross-entropy loss")
-    augment: AugmentConfig = _f(AugmentConfig, "training-time augmentation")
+    augment: AugmentConfig = _f(AugmentConfig, "training-time augmentation")  # noqa: RUF009 (a Field)
     val_fraction: float = _f(0.1, "validation share when the dataset has no val/ split")
     test_fraction: float = _f(0.1, "test share when the dataset has no test/ split")
     seed: int = _f(1337, "seed for splits, shuffling and initialization")
@@ -195,7 +196,7 @@ def read_yaml(text: str, source: str) -> dict[str, Any]:
 def _resolve(cfg: TrainConfig) -> TrainConfig:
     """Fill the ``auto`` values that depend only on the dataset's kind."""
     digits_like = cfg.builtin is not None
-    size = cfg.image_size or (32 if digits_like else 64)
+    size = cfg.image_size or (16 if digits_like else 64)
     a = cfg.augment
     if digits_like:  # flips and big rotations change a digit's meaning
         aug = AugmentConfig(

@@ -1,0 +1,172 @@
+"""``python -m trainer``: the container's entry point.
+
+    python -m trainer --data URI --output URI [--epochs N] [--config FILE] [--set KEY=VALUE ...]
+    python -m trainer data push SRC gs://bucket/prefix
+
+Exit codes: 0 success, 2 bad configuration or usage, 3 bad or missing data, 1 unexpected
+error, 143 stopped by SIGTERM after saving a checkpoint (run it again to resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from trainer import errors
+from trainer.config import field_docs, load_config, parse_overrides, read_yaml
+
+log = logging.getLogger("trainer")
+
+EPILOG = """\
+config keys (YAML file via --config, or --set KEY=VALUE; flags above win over both):
+{keys}
+
+data layout: one subfolder per class (JPEG/PNG/BMP/GIF), optionally inside train/ val/ test/;
+missing splits are carved out of train/ (stratified, seeded).
+
+output: config.yaml, checkpoints/, model/ (model.keras, saved_model/, class_names.json),
+report/ (metrics.json, learning_curves.png, confusion_matrix.png, predictions.png, report.html).
+Run again with the same --output to resume from the last checkpoint.
+
+exit codes: 0 ok | 1 unexpected error | 2 bad config/usage | 3 bad/missing data |
+143 SIGTERM (checkpoint saved; run again to resume)
+
+examples:
+  python -m trainer --data builtin:digits --output runs/digits
+  python -m trainer --data ./flowers --output gs://my-bucket/runs/flowers --set model=seed_cnn
+  python -m trainer data push builtin:digits gs://my-bucket/datasets/digits
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # usage errors exit 2 with one line, like config errors
+        self.print_usage(sys.stderr)
+        self.exit(errors.EXIT_CONFIG, f"error: {message}\n")
+
+
+def _keys_help() -> str:
+    lines = []
+    for key, help_text, default, choices in field_docs():
+        default_s = "auto" if default is None else default
+        choice_s = f" [{'|'.join(choices)}]" if choices else ""
+        lines.append(f"  {key:<24} {help_text}{choice_s} (default: {default_s})")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="python -m trainer",
+        description="Train an image classifier, evaluate it and write a report.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG.format(keys=_keys_help()),
+    )
+    p.add_argument("--data", help="builtin:digits, a local directory, or gs://bucket/prefix")
+    p.add_argument("--output", help="run directory: local path or gs://bucket/prefix")
+    p.add_argument("--config", metavar="FILE", help="YAML file with config keys (listed below)")
+    p.add_argument("--epochs", type=int, help="number of epochs")
+    p.add_argument("--model", help="seed_cnn or resnet_small")
+    p.add_argument("--batch-size", type=int, dest="batch_size", help="batch size per replica")
+    p.add_argument("--learning-rate", type=float, dest="learning_rate", help="peak learning rate")
+    p.add_argument("--image-size", type=int, dest="image_size", help="square input size in pixels")
+    p.add_argument("--cpu-replicas", type=int, dest="cpu_replicas",
+                   help="mirror over N logical CPU devices (no GPU needed)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any config key, e.g. --set augment.flip=none (repeatable)")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    return p
+
+
+def _data_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m trainer data", description="Dataset helpers.")
+    sub = p.add_subparsers(dest="action", required=True)
+    push = sub.add_parser("push", help="upload a dataset (builtin:digits or a folder) to a bucket prefix")
+    push.add_argument("src", help="builtin:digits or a local directory in the class-folder layout")
+    push.add_argument("dst", help="gs://bucket/prefix")
+    push.add_argument("--workers", type=int, default=32, help="parallel uploads (default 32)")
+    return p
+
+
+def configure_logging(quiet: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.WARNING if quiet else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ INFO chatter
+    for noisy in ("tensorflow", "absl", "matplotlib", "PIL", "urllib3", "google"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _install_sigterm(stop) -> None:
+    def handler(signum, _frame):
+        name = signal.Signals(signum).name
+        if stop:  # second signal: give up at once
+            sys.exit(errors.EXIT_PREEMPTED)
+        log.warning("%s received: saving a checkpoint at the next step boundary", name)
+        stop.set(f"stopped by {name}")
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _train(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(args.quiet)
+    file_values = {}
+    if args.config:
+        path = Path(args.config)
+        if not path.is_file():
+            raise errors.ConfigError(f"config file {args.config!r} not found")
+        file_values = read_yaml(path.read_text(), args.config)
+    overrides = parse_overrides(args.set)
+    for key in ("data", "output", "epochs", "model", "batch_size", "learning_rate", "image_size", "cpu_replicas"):
+        value = getattr(args, key)
+        if value is not None:
+            overrides[key] = value
+    cfg = load_config(file_values, overrides)
+    if args.print_config:
+        sys.stdout.write(cfg.to_yaml())
+        return errors.EXIT_OK
+
+    from trainer.run import run
+    from trainer.train import StopRequest
+
+    stop = StopRequest()
+    _install_sigterm(stop)
+    log.info("training %s on %s -> %s", cfg.model, cfg.data, cfg.output)
+    run(cfg, stop)
+    return errors.EXIT_OK
+
+
+def _data(argv: list[str]) -> int:
+    args = _data_parser().parse_args(argv)
+    configure_logging()
+    from trainer.gcs import push_dataset
+
+    count = push_dataset(args.src, args.dst, workers=args.workers)
+    log.info("pushed %d objects to %s", count, args.dst)
+    return errors.EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv[:1] == ["data"]:
+            return _data(argv[1:])
+        return _train(argv)
+    except errors.TrainerError as exc:
+        line = " ".join(str(exc).split())
+        kind = {2: "configuration error", 3: "data error", 143: "preempted"}.get(exc.exit_code, "error")
+        print(f"{kind}: {line}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,407 @@
+"""Datasets: discovery, splits, decoding, and the ``tf.data`` input pipeline.
+
+A dataset is either built in (``builtin:digits``: scikit-learn's 8x8 handwritten digits, real
+data that ships with a dependency, no download) or a directory with one subfolder per class,
+optionally split into ``train/``, ``val/`` and ``test/`` subfolders, each holding the same class
+subfolders (Keras ``image_dataset_from_directory`` layout). Missing splits are carved out of the
+training images by a deterministic stratified split.
+
+Images are decoded once, in parallel, resized to ``image_size`` and kept in memory as ``uint8``
+when they fit (``cache: auto``); a corrupt or unreadable file is skipped and counted, and the
+run fails past ``max_bad_image_fraction``. Normalization (``/255``) happens inside the model, so
+the exported model takes raw pixels. Larger datasets are streamed from disk by ``tf.data``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from trainer.config import TrainConfig
+from trainer.errors import DataError
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+SPLITS = ("train", "val", "test")
+MEMORY_BUDGET_FRACTION = 0.25  # share of the machine's RAM the decoded cache may take
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split: either decoded pixels in memory or file paths to stream (never both)."""
+
+    labels: np.ndarray  # int32 [N]
+    images: np.ndarray | None = None  # uint8 [N, S, S, 3]
+    paths: tuple[str, ...] | None = None
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+@dataclass(frozen=True)
+class Dataset:
+    class_names: tuple[str, ...]
+    train: Split
+    val: Split
+    test: Split
+    description: str
+    skipped_images: int = 0
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+# ---------------------------------------------------------------------------------------------
+# Built-in data
+
+
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    """scikit-learn's digits as uint8 [N, 8, 8] (0..255), labels and class names."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)
+    return images, bunch.target.astype(np.int32), tuple(str(c) for c in bunch.target_names)
+
+
+def _resize_gray(images: np.ndarray, size: int) -> np.ndarray:
+    """[N, h, w] uint8 grayscale -> [N, size, size, 3] uint8 (bilinear, channels repeated)."""
+    from PIL import Image
+
+    out = np.empty((len(images), size, size, 3), np.uint8)
+    for i, img in enumerate(images):
+        resized = np.asarray(Image.fromarray(img, mode="L").resize((size, size), Image.BILINEAR))
+        out[i] = resized[:, :, None]
+    return out
+
+
+def export_builtin(name: str, dest: Path) -> int:
+    """Write a built-in dataset as PNG files in class folders under ``dest``; returns the count."""
+    from PIL import Image
+
+    if name != "digits":
+        raise DataError(f"unknown built-in dataset {name!r}; available: digits")
+    images, labels, class_names = _digits_arrays()
+    for cls in class_names:
+        (dest / cls).mkdir(parents=True, exist_ok=True)
+    for i, (img, label) in enumerate(zip(images, labels)):
+        Image.fromarray(img, mode="L").save(dest / class_names[label] / f"{i:05d}.png")
+    return len(images)
+
+
+# ---------------------------------------------------------------------------------------------
+# Splits
+
+
+def stratified_split(
+    labels: np.ndarray, fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (keep, take) with ``fraction`` of every class in ``take``; deterministic in ``seed``."""
+    rng = np.random.default_rng(seed)
+    keep, take = [], []
+    for cls in np.unique(labels):
+        idx = np.flatnonzero(labels == cls)
+        rng.shuffle(idx)
+        n_take = round(len(idx) * fraction)
+        if fraction > 0 and len(idx) >= 3:
+            n_take = max(1, n_take)
+        n_take = min(n_take, len(idx) - 1)  # never empty a class in the kept part
+        take.append(idx[:n_take])
+        keep.append(idx[n_take:])
+    return np.sort(np.concatenate(keep)), np.sort(np.concatenate(take))
+
+
+def _split_arrays(
+    labels: np.ndarray, cfg: TrainConfig, have_val: bool, have_test: bool
+) -> dict[str, np.ndarray]:
+    """Index arrays for the splits carved out of ``labels`` (test first, then val)."""
+    rest = np.arange(len(labels))
+    out = {}
+    if not have_test:
+        keep, take = stratified_split(labels, cfg.test_fraction, cfg.seed)
+        out["test"], rest = take, keep
+    if not have_val:
+        frac = cfg.val_fraction / max(1e-9, 1 - (0 if have_test else cfg.test_fraction))
+        keep, take = stratified_split(labels[rest], frac, cfg.seed + 1)
+        out["val"], rest = rest[take], rest[keep]
+    out["train"] = rest
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Directories
+
+
+def _list_images(class_dir: Path) -> list[Path]:
+    files = []
+    for root, dirs, names in os.walk(class_dir, followlinks=False):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        files.extend(
+            Path(root) / n for n in sorted(names)
+            if not n.startswith(".") and n.lower().endswith(IMAGE_EXTENSIONS)
+        )
+    return files
+
+
+def _class_dirs(root: Path) -> dict[str, Path]:
+    return {d.name: d for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".")}
+
+
+def discover(root: Path) -> tuple[tuple[str, ...], dict[str, tuple[list[Path], np.ndarray]]]:
+    """Class names and, per split present on disk, (files, labels). Raises DataError when empty."""
+    if not root.is_dir():
+        raise DataError(f"dataset directory {str(root)!r} does not exist")
+    top = _class_dirs(root)
+    split_dirs = {s: top[s] for s in SPLITS if s in top}
+    if split_dirs and "train" not in split_dirs:
+        raise DataError(f"{root}: has {'/'.join(split_dirs)} folders but no train/ folder")
+    layout = split_dirs or {"train": root}
+    class_names = tuple(_class_dirs(layout["train"]))
+    if not class_names:
+        raise DataError(f"{layout['train']}: no class subfolders (expected one folder per class)")
+    if len(class_names) < 2:
+        raise DataError(f"{layout['train']}: only one class ({class_names[0]!r}); need at least 2")
+    index = {name: i for i, name in enumerate(class_names)}
+    found = {}
+    for split, split_root in layout.items():
+        classes = _class_dirs(split_root)
+        unknown = sorted(set(classes) - set(class_names))
+        if unknown:
+            raise DataError(f"{split_root}: classes {unknown} are not in the training split")
+        files, labels = [], []
+        for name in class_names:
+            imgs = _list_images(classes[name]) if name in classes else []
+            if split == "train" and not imgs:
+                raise DataError(
+                    f"class {name!r} has no images in {classes.get(name, split_root / name)}"
+                    f" (supported: {', '.join(IMAGE_EXTENSIONS)})"
+                )
+            files.extend(imgs)
+            labels.extend([index[name]] * len(imgs))
+        found[split] = (files, np.asarray(labels, np.int32))
+    return class_names, found
+
+
+def _decode_one(path: Path, size: int) -> np.ndarray | None:
+    """Decode and resize one image to [size, size, 3] uint8; None if it cannot be read."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img.draft("RGB", (size, size))  # JPEG: decode at reduced scale when much larger
+            rgb = img.convert("RGB").resize((size, size), Image.BILINEAR)
+            return np.asarray(rgb, np.uint8)
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
+        log.warning("skipping unreadable image %s: %s", path, exc)
+        return None
+
+
+def _decode_all(files: list[Path], labels: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Decode in a thread pool (PIL releases the GIL); returns images, labels, number skipped."""
+    with ThreadPoolExecutor(max_workers=min(32, (os.cpu_count() or 1) * 4)) as pool:
+        decoded = list(pool.map(lambda p: _decode_one(p, size), files))
+    ok = [i for i, img in enumerate(decoded) if img is not None]
+    images = np.stack([decoded[i] for i in ok]) if ok else np.zeros((0, size, size, 3), np.uint8)
+    return images, labels[ok], len(files) - len(ok)
+
+
+def _verify_one(path: Path) -> bool:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img.verify()
+        return True
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
+        log.warning("skipping unreadable image %s: %s", path, exc)
+        return False
+
+
+def _verify_all(files: list[Path], labels: np.ndarray) -> tuple[list[Path], np.ndarray, int]:
+    """Check every file's header and structure without a full decode (the streaming path)."""
+    with ThreadPoolExecutor(max_workers=min(32, (os.cpu_count() or 1) * 4)) as pool:
+        good = list(pool.map(_verify_one, files))
+    ok = [i for i, g in enumerate(good) if g]
+    return [files[i] for i in ok], labels[ok], len(files) - len(ok)
+
+
+def _fits_in_memory(num_images: int, size: int) -> bool:
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        total = 8 << 30
+    return num_images * size * size * 3 <= MEMORY_BUDGET_FRACTION * total
+
+
+def _check_bad(skipped: int, total: int, cfg: TrainConfig, where: str) -> None:
+    if total and skipped / total > cfg.max_bad_image_fraction:
+        raise DataError(
+            f"{skipped} of {total} images in {where} are unreadable, more than"
+            f" max_bad_image_fraction={cfg.max_bad_image_fraction}; fix or remove them"
+        )
+
+
+def load_directory(root: Path, cfg: TrainConfig) -> Dataset:
+    class_names, found = discover(root)
+    size = cfg.image_size
+    total_files = sum(len(f) for f, _ in found.values())
+    in_memory = cfg.cache == "memory" or (cfg.cache == "auto" and _fits_in_memory(total_files, size))
+    splits: dict[str, Split] = {}
+    skipped = 0
+    for split, (files, labels) in found.items():
+        if in_memory:
+            images, labels_ok, bad = _decode_all(files, labels, size)
+            skipped += bad
+            splits[split] = Split(labels=labels_ok, images=images)
+        else:
+            files_ok, labels_ok, bad = _verify_all(files, labels)
+            skipped += bad
+            splits[split] = Split(labels=labels_ok, paths=tuple(str(p) for p in files_ok))
+    _check_bad(skipped, total_files, cfg, str(root))
+    if skipped:
+        log.warning("skipped %d unreadable image(s) of %d", skipped, total_files)
+
+    carve = _split_arrays(splits["train"].labels, cfg, "val" in splits, "test" in splits)
+    train = splits["train"]
+    for name, idx in carve.items():
+        splits[name] = Split(
+            labels=train.labels[idx],
+            images=None if train.images is None else train.images[idx],
+            paths=None if train.paths is None else tuple(train.paths[i] for i in idx),
+        )
+    for name in SPLITS:
+        if len(splits[name]) == 0:
+            raise DataError(f"{root}: the {name} split has no images")
+    counts = np.bincount(splits["train"].labels, minlength=len(class_names))
+    for name, n in zip(class_names, counts):
+        if n == 0:
+            raise DataError(f"class {name!r} has no readable images in the training split")
+    layout = "train/val/test folders" if len(found) > 1 else "class folders"
+    desc = (f"{root} ({layout}, {len(class_names)} classes, "
+            f"{'decoded in memory' if in_memory else 'streamed from disk'})")
+    return Dataset(class_names, splits["train"], splits["val"], splits["test"], desc, skipped)
+
+
+def load_builtin(name: str, cfg: TrainConfig) -> Dataset:
+    if name != "digits":
+        raise DataError(f"unknown built-in dataset {name!r}; available: digits")
+    raw, labels, class_names = _digits_arrays()
+    images = _resize_gray(raw, cfg.image_size)
+    idx = _split_arrays(labels, cfg, have_val=False, have_test=False)
+    split = {k: Split(labels=labels[v], images=images[v]) for k, v in idx.items()}
+    desc = f"builtin:digits (scikit-learn, {len(labels)} images 8x8 upscaled to {cfg.image_size})"
+    return Dataset(class_names, split["train"], split["val"], split["test"], desc)
+
+
+def load_dataset(cfg: TrainConfig, local_root: Path | None) -> Dataset:
+    """The dataset named by ``cfg.data``; ``local_root`` is its local directory (None if built in)."""
+    ds = load_builtin(cfg.builtin, cfg) if cfg.builtin is not None else load_directory(local_root, cfg)
+    log.info(
+        "dataset %s: %d train / %d val / %d test images, classes: %s",
+        ds.description, len(ds.train), len(ds.val), len(ds.test), ", ".join(ds.class_names),
+    )
+    return ds
+
+
+# ---------------------------------------------------------------------------------------------
+# tf.data pipelines
+
+
+def augmentation_layers(cfg: TrainConfig) -> list:
+    """Keras preprocessing layers for the configured augmentation (empty when all are off)."""
+    import keras
+
+    a = cfg.augment
+    layers = []
+    if a.flip and a.flip != "none":
+        layers.append(keras.layers.RandomFlip(a.flip, seed=cfg.seed))
+    if a.rotation:
+        layers.append(keras.layers.RandomRotation(a.rotation, fill_mode="nearest", seed=cfg.seed + 1))
+    if a.shift:
+        layers.append(keras.layers.RandomTranslation(a.shift, a.shift, fill_mode="nearest", seed=cfg.seed + 2))
+    if a.zoom:
+        layers.append(keras.layers.RandomZoom(a.zoom, fill_mode="nearest", seed=cfg.seed + 3))
+    return layers
+
+
+def _decode_tf(size: int):
+    import tensorflow as tf
+
+    def decode(path, label):
+        raw = tf.io.read_file(path)
+        img = tf.io.decode_image(raw, channels=3, expand_animations=False)
+        img = tf.image.resize(img, (size, size), antialias=True)
+        return tf.cast(tf.clip_by_value(tf.round(img), 0, 255), tf.uint8), label
+
+    return decode
+
+
+def make_source(split: Split, cfg: TrainConfig, cache_dir: Path | None = None):
+    """Unbatched ``(uint8 image [S, S, 3], int32 label)`` examples of a split, decoded once.
+
+    Built once per run and shared by every epoch's pipeline: in-memory pixels are wrapped, not
+    copied; files are decoded and resized in parallel and cached (in memory or on disk).
+    """
+    import tensorflow as tf
+
+    if split.images is not None:
+        return tf.data.Dataset.from_tensor_slices((split.images, split.labels))
+    ds = tf.data.Dataset.from_tensor_slices((list(split.paths), split.labels))
+    ds = ds.map(_decode_tf(cfg.image_size), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.ignore_errors(log_warning=True)  # bad files were dropped and counted by _verify_all
+    if cfg.cache != "none":
+        on_disk = cache_dir is not None and cfg.cache != "memory"
+        ds = ds.cache(str(cache_dir / f"decoded-{len(split)}") if on_disk else "")
+    return ds
+
+
+def make_batches(
+    source,
+    num_examples: int,
+    cfg: TrainConfig,
+    batch_size: int,
+    *,
+    training: bool,
+    epoch: int = 0,
+    skip_batches: int = 0,
+):
+    """One epoch's batched pipeline over ``source`` (a pure function of its arguments).
+
+    Order: shuffle (training; seeded per epoch, so a resumed epoch sees the same order) ->
+    batch -> skip the batches a resumed epoch already trained on -> augment (training; whole
+    batches, parallel) -> prefetch. Yields ``(uint8 images [B, S, S, 3], int32 labels [B])``.
+    """
+    import tensorflow as tf
+
+    ds = source
+    if training:
+        ds = ds.shuffle(num_examples, seed=cfg.seed + epoch, reshuffle_each_iteration=False)
+    ds = ds.batch(batch_size, drop_remainder=False)
+    if skip_batches:
+        ds = ds.skip(skip_batches)
+    if training:
+        aug = augmentation_layers(cfg)
+        if aug:
+            import keras
+
+            seq = keras.Sequential(aug)
+
+            def augment(images, labels):
+                out = seq(tf.cast(images, tf.float32), training=True)
+                return tf.cast(tf.clip_by_value(tf.round(out), 0, 255), tf.uint8), labels
+
+            ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return ds.prefetch(tf.data.AUTOTUNE).with_options(options)
+
+
+def steps_per_epoch(split: Split, global_batch: int) -> int:
+    return -(-len(split) // global_batch)

@@ -1,0 +1,83 @@
+"""Model architectures. Every model takes raw ``uint8``-range pixels [B, S, S, 3] and normalizes
+them itself (``Rescaling(1/255)``), so the exported model needs no separate preprocessing.
+
+* ``seed_cnn``: exactly the tutorial's network: Conv2D(32)-MaxPool-Conv2D(64)-MaxPool-Flatten-
+  Dense(128)-Dense(N, softmax), for any input size and class count.
+* ``resnet_small``: a small residual network with batch normalization and global average
+  pooling: more accurate for the same budget, and it does not grow with the input size.
+"""
+
+from __future__ import annotations
+
+MIN_IMAGE_SIZE = {"seed_cnn": 14, "resnet_small": 16}
+
+
+def seed_cnn(image_size: int, num_classes: int):
+    import keras
+    from keras import layers
+
+    return keras.Sequential(
+        [
+            keras.Input((image_size, image_size, 3)),
+            layers.Rescaling(1.0 / 255),
+            layers.Conv2D(32, (3, 3), activation="relu"),
+            layers.MaxPooling2D((2, 2)),
+            layers.Conv2D(64, (3, 3), activation="relu"),
+            layers.MaxPooling2D((2, 2)),
+            layers.Flatten(),
+            layers.Dense(128, activation="relu"),
+            layers.Dense(num_classes, activation="softmax", dtype="float32"),
+        ],
+        name="seed_cnn",
+    )
+
+
+def _residual_block(x, filters: int, stride: int):
+    from keras import layers
+
+    shortcut = x
+    y = layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False)(x)
+    y = layers.BatchNormalization(momentum=0.9)(y)
+    y = layers.ReLU()(y)
+    y = layers.Conv2D(filters, 3, padding="same", use_bias=False)(y)
+    y = layers.BatchNormalization(momentum=0.9)(y)
+    if stride != 1 or shortcut.shape[-1] != filters:
+        shortcut = layers.Conv2D(filters, 1, strides=stride, use_bias=False)(shortcut)
+        shortcut = layers.BatchNormalization(momentum=0.9)(shortcut)
+    return layers.ReLU()(layers.Add()([y, shortcut]))
+
+
+def resnet_small(image_size: int, num_classes: int, widths: tuple[int, ...] = (32, 64, 128)):
+    """A ResNet-style network: stem, one residual block per stage (stride 2 after the first)."""
+    import keras
+    from keras import layers
+
+    inputs = keras.Input((image_size, image_size, 3))
+    x = layers.Rescaling(1.0 / 255)(inputs)
+    if image_size >= 96:  # large inputs: downsample early, as ResNets do
+        x = layers.Conv2D(widths[0], 5, strides=2, padding="same", use_bias=False)(x)
+        x = layers.BatchNormalization(momentum=0.9)(x)
+        x = layers.ReLU()(x)
+        x = layers.MaxPooling2D(3, strides=2, padding="same")(x)
+    else:
+        x = layers.Conv2D(widths[0], 3, padding="same", use_bias=False)(x)
+        x = layers.BatchNormalization(momentum=0.9)(x)
+        x = layers.ReLU()(x)
+    for i, filters in enumerate(widths):
+        x = _residual_block(x, filters, stride=1 if i == 0 else 2)
+    x = layers.GlobalAveragePooling2D()(x)
+    x = layers.Dropout(0.2)(x)
+    outputs = layers.Dense(num_classes, activation="softmax", dtype="float32")(x)
+    return keras.Model(inputs, outputs, name="resnet_small")
+
+
+BUILDERS = {"seed_cnn": seed_cnn, "resnet_small": resnet_small}
+
+
+def build_model(name: str, image_size: int, num_classes: int):
+    """The named model; ``name`` was validated against ``trainer.config.MODELS``."""
+    from trainer.errors import ConfigError
+
+    if image_size < MIN_IMAGE_SIZE[name]:
+        raise ConfigError(f"model {name!r} needs image_size >= {MIN_IMAGE_SIZE[name]}, got {image_size}")
+    return BUILDERS[name](image_size, num_classes)

@@ -1,0 +1,123 @@
+"""One training run, end to end: data -> devices -> fit -> evaluate -> report -> export.
+
+Output layout (``<output>`` is a local directory or ``gs://bucket/prefix``)::
+
+    config.yaml              the resolved config (written first)
+    checkpoints/             resumable checkpoints + latest.json marker
+    model/                   exported model with its class names (published when complete)
+    report/                  metrics.json, learning_curves.png, confusion_matrix.png,
+                             predictions.png, report.html (published when complete)
+
+``report/`` and ``model/`` are built aside and published whole, so a failed or interrupted
+run never replaces the previous good ones.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from trainer import data as data_lib
+from trainer.checkpoint import Checkpointer
+from trainer.config import TrainConfig
+from trainer.errors import ConfigError
+from trainer.storage import RunDir, fetch_dataset, open_run_dir
+
+log = logging.getLogger(__name__)
+
+# Changing these between a run and its resume would make the checkpoint meaningless.
+RESUME_KEYS = ("data", "model", "image_size", "batch_size", "optimizer", "seed", "cpu_replicas")
+
+
+def scratch_dir() -> Path:
+    """Writable local space: $KUBETRAIN_SCRATCH (an emptyDir in the pod) or the temp dir."""
+    root = Path(os.environ.get("KUBETRAIN_SCRATCH") or Path(tempfile.gettempdir()) / "kubetrain")
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def _check_same_run(run_dir: RunDir, cfg: TrainConfig) -> None:
+    """Refuse to resume a run directory that holds a run with an incompatible config."""
+    if not run_dir.pull("config.yaml"):
+        return
+    try:
+        previous = yaml.safe_load((run_dir.local / "config.yaml").read_text()) or {}
+    except yaml.YAMLError:
+        return
+    changed = [k for k in RESUME_KEYS if k in previous and previous[k] != getattr(cfg, k)]
+    if changed and run_dir.pull("checkpoints/latest.json"):
+        diffs = ", ".join(f"{k}: {previous[k]!r} -> {getattr(cfg, k)!r}" for k in changed)
+        raise ConfigError(f"{cfg.output} holds a run with a different config ({diffs}); "
+                          "use a new --output or the same settings to resume")
+
+
+def run(cfg: TrainConfig, stop) -> dict:
+    """Train, evaluate, report and export; returns the metrics. Raises TrainerError subclasses."""
+    from trainer.report import build_metrics, write_report
+
+    wall_start = time.monotonic()
+    scratch = scratch_dir()
+    run_dir = open_run_dir(cfg.output, scratch / "staging")
+    _check_same_run(run_dir, cfg)
+    (run_dir.local / "config.yaml").write_text(cfg.to_yaml())
+    run_dir.push("config.yaml")
+
+    local_data = None if cfg.builtin else fetch_dataset(cfg.data, scratch / "datasets")
+    dataset = data_lib.load_dataset(cfg, local_data)
+
+    from trainer.devices import make_runtime
+    from trainer.train import Trainer
+
+    runtime = make_runtime(cfg)
+    trainer = Trainer(cfg, runtime, dataset, cache_dir=scratch / "cache")
+    log.info("model %s: %d parameters; global batch %d (%d x %d replicas), %d steps per epoch",
+             cfg.model, trainer.model.count_params(), trainer.global_batch, cfg.batch_size,
+             runtime.replicas, trainer.steps_per_epoch)
+    checkpointer = Checkpointer(run_dir, trainer.model, trainer.optimizer, cfg.keep_checkpoints)
+    result = trainer.fit(checkpointer, stop)
+
+    test = trainer.evaluate("test", collect=True)
+    metrics = build_metrics(
+        class_names=list(dataset.class_names),
+        y_true=test["labels"],
+        y_pred=test["probs"].argmax(-1),
+        test_loss=test["loss"],
+        history=result.history,
+        epochs_completed=result.epochs_completed,
+        extra={
+            "model": cfg.model,
+            "dataset": dataset.description,
+            "num_train_images": len(dataset.train),
+            "num_val_images": len(dataset.val),
+            "skipped_images": dataset.skipped_images,
+            "replicas": runtime.replicas,
+            "device": runtime.device_kind,
+            "precision": runtime.precision,
+            "global_batch_size": trainer.global_batch,
+            "images_per_second": result.images_per_second,
+            "resumed_from": list(result.resumed_from) if result.resumed_from else None,
+            "train_seconds": result.train_seconds,
+            "wall_seconds": time.monotonic() - wall_start,
+            "output": cfg.output,
+        },
+    )
+    report_dir = run_dir.staging("report")
+    shown = len(test["images"])  # the first test images, in order, for the predictions grid
+    write_report(report_dir, metrics=metrics, images=test["images"], probs=test["probs"][:shown],
+                 y_true=test["labels"][:shown], config=cfg.to_dict())
+    run_dir.publish(report_dir, "report")
+    log.info("test accuracy %.4f, test loss %.4f; report: %s", metrics["test_accuracy"],
+             metrics["test_loss"], run_dir.uri_of("report/report.html"))
+
+    if cfg.export:
+        from trainer.export import export_model
+
+        model_dir = run_dir.staging("model")
+        export_model(result.model, list(dataset.class_names), cfg.image_size, cfg.model, model_dir)
+        run_dir.publish(model_dir, "model")
+    return metrics

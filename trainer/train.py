@@ -1,0 +1,274 @@
+"""The training loop: a custom step run with ``strategy.run``.
+
+Not ``model.fit``: under ``MultiWorkerMirroredStrategy`` Keras 3's ``fit`` fails (keras#20585)
+while a ``strategy.run`` step on the same model trains in sync, so this loop runs unchanged
+under the default strategy, ``MirroredStrategy`` and, next, multi-worker. It also owns what
+``fit`` cannot give us: a checkpoint at any step boundary when SIGTERM arrives, and a resume
+that continues mid-epoch on the same batches.
+
+Per call into the compiled graph the loop runs ``steps_per_execution`` steps, reducing the
+loss sum, correct count and example count across replicas; Python sees one small tensor per
+call, so the host never stalls the devices.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from trainer import data as data_lib
+from trainer.checkpoint import Checkpointer, Position
+from trainer.config import TrainConfig
+from trainer.devices import Runtime
+from trainer.errors import Preempted
+from trainer.models import build_model
+
+log = logging.getLogger(__name__)
+
+
+class StopRequest:
+    """Set from a signal handler; the loop checks it between calls into the graph."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self.reason = ""
+
+    def set(self, reason: str) -> None:
+        self.reason = reason
+        self._event.set()
+
+    def __bool__(self) -> bool:
+        return self._event.is_set()
+
+
+@dataclass
+class FitResult:
+    model: object
+    history: dict[str, list[float]]
+    epochs_completed: int
+    resumed_from: tuple[int, int] | None
+    train_seconds: float
+    images_per_second: float  # median over epochs after the first (tracing) epoch
+    extra: dict = field(default_factory=dict)
+
+
+def make_optimizer(cfg: TrainConfig, total_steps: int):
+    import keras
+
+    lr = cfg.learning_rate
+    if cfg.lr_schedule == "cosine":
+        lr = keras.optimizers.schedules.CosineDecay(cfg.learning_rate, decay_steps=max(1, total_steps))
+    if cfg.optimizer == "adam":
+        return keras.optimizers.Adam(lr)
+    if cfg.optimizer == "adamw":
+        return keras.optimizers.AdamW(lr, weight_decay=cfg.weight_decay)
+    return keras.optimizers.SGD(lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay or None)
+
+
+def _per_example_loss(cfg: TrainConfig, num_classes: int):
+    import keras
+    import tensorflow as tf
+
+    if cfg.label_smoothing:
+        def loss(labels, probs):
+            onehot = tf.one_hot(labels, num_classes)
+            return keras.losses.categorical_crossentropy(onehot, probs, label_smoothing=cfg.label_smoothing)
+        return loss
+    return lambda labels, probs: keras.losses.sparse_categorical_crossentropy(labels, probs)
+
+
+class _Progress:
+    """A progress bar on a terminal, nothing otherwise (the per-epoch line is always logged)."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+
+    def update(self, epoch: int, epochs: int, done: int, total: int, loss: float) -> None:
+        if not self.enabled:
+            return
+        width = 30
+        filled = int(width * done / max(1, total))
+        sys.stderr.write(f"\repoch {epoch}/{epochs} [{'=' * filled}{'.' * (width - filled)}]"
+                         f" {done}/{total} loss {loss:.4f}")
+        sys.stderr.flush()
+
+    def clear(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
+
+
+class Trainer:
+    """Builds the model under the strategy and runs epochs; evaluation helpers for the report."""
+
+    def __init__(self, cfg: TrainConfig, runtime: Runtime, dataset: data_lib.Dataset, cache_dir=None):
+        import tensorflow as tf
+
+        self.cfg = cfg
+        self.rt = runtime
+        self.ds = dataset
+        self.global_batch = cfg.batch_size * runtime.replicas
+        self.steps_per_epoch = data_lib.steps_per_epoch(dataset.train, self.global_batch)
+        self.sources = {
+            name: data_lib.make_source(getattr(dataset, name), cfg, cache_dir)
+            for name in ("train", "val", "test")
+        }
+        strategy = runtime.strategy
+        with strategy.scope():
+            self.model = build_model(cfg.model, cfg.image_size, dataset.num_classes)
+            self.optimizer = make_optimizer(cfg, cfg.epochs * self.steps_per_epoch)
+            self.optimizer.build(self.model.trainable_variables)
+        self.loss_fn = _per_example_loss(cfg, dataset.num_classes)
+        self._train_chunk = self._make_train_chunk()
+        self._eval_batch = tf.function(self._eval_batch_py, jit_compile=runtime.jit_compile)
+
+    # -- compiled pieces ------------------------------------------------------------------------
+
+    def _make_train_chunk(self):
+        import tensorflow as tf
+
+        model, optimizer, loss_fn = self.model, self.optimizer, self.loss_fn
+        strategy, global_batch = self.rt.strategy, float(self.global_batch)
+        compute_dtype = model.compute_dtype
+
+        def step(images, labels):
+            images = tf.cast(images, compute_dtype)
+            with tf.GradientTape() as tape:
+                probs = model(images, training=True)
+                per_example = tf.cast(loss_fn(labels, probs), tf.float32)
+                loss = tf.reduce_sum(per_example) / global_batch
+                if model.losses:
+                    loss += tf.add_n(model.losses) / strategy.num_replicas_in_sync
+                scaled = optimizer.scale_loss(loss)
+            grads = tape.gradient(scaled, model.trainable_variables)
+            optimizer.apply_gradients(zip(grads, model.trainable_variables))
+            correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(probs, -1, output_type=tf.int32), labels), tf.float32))
+            count = tf.cast(tf.shape(labels)[0], tf.float32)
+            return tf.stack([tf.reduce_sum(per_example), correct, count])
+
+        step = tf.function(step, jit_compile=self.rt.jit_compile) if self.rt.jit_compile else step
+
+        @tf.function
+        def train_chunk(iterator, num_steps):
+            totals = tf.zeros([3], tf.float32)
+            for _ in tf.range(num_steps):
+                per_replica = strategy.run(step, args=next(iterator))
+                totals += strategy.reduce("SUM", per_replica, axis=None)
+            return totals
+
+        return train_chunk
+
+    def _eval_batch_py(self, images, labels):
+        import tensorflow as tf
+
+        probs = self.model(tf.cast(images, self.model.compute_dtype), training=False)
+        per_example = tf.cast(self.loss_fn(labels, probs), tf.float32)
+        return tf.cast(probs, tf.float32), per_example
+
+    # -- epochs ---------------------------------------------------------------------------------
+
+    def evaluate(self, split: str, collect: bool = False):
+        """Mean loss and accuracy over a split; with ``collect``, also labels, probs and images."""
+        n = len(getattr(self.ds, split))
+        batches = data_lib.make_batches(self.sources[split], n, self.cfg, max(self.global_batch, 256), training=False)
+        loss_sum, labels_all, probs_all, images_all = 0.0, [], [], []
+        for images, labels in batches:
+            probs, per_example = self._eval_batch(images, labels)
+            loss_sum += float(per_example.numpy().sum())
+            labels_all.append(labels.numpy())
+            probs_all.append(probs.numpy())
+            if collect and sum(len(i) for i in images_all) < 64:
+                images_all.append(images.numpy())
+        labels_np = np.concatenate(labels_all)
+        probs_np = np.concatenate(probs_all)
+        count = max(1, len(labels_np))
+        accuracy = float((probs_np.argmax(-1) == labels_np).mean()) if len(labels_np) else 0.0
+        out = {"loss": loss_sum / count, "accuracy": accuracy}
+        if collect:
+            out.update(labels=labels_np, probs=probs_np,
+                       images=np.concatenate(images_all)[:64] if images_all else np.zeros((0,)))
+        return out
+
+    def _current_lr(self) -> float:
+        lr = self.optimizer.learning_rate
+        return float(lr.numpy() if hasattr(lr, "numpy") else lr)
+
+    def fit(self, checkpointer: Checkpointer, stop: StopRequest) -> FitResult:
+        import tensorflow as tf
+
+        cfg, strategy = self.cfg, self.rt.strategy
+        pos = checkpointer.restore() or Position()
+        resumed_from = (pos.epoch, pos.step) if (pos.epoch or pos.step) else None
+        history = {k: list(v) for k, v in pos.history.items()}
+        progress = _Progress(sys.stderr.isatty())
+        start = time.monotonic()
+        if pos.epoch >= cfg.epochs:
+            log.info("all %d epochs already trained; evaluating", cfg.epochs)
+
+        for epoch in range(pos.epoch, cfg.epochs):
+            skip = pos.step if epoch == pos.epoch else 0
+            totals = np.array([pos.partial.get(k, 0.0) for k in ("loss_sum", "correct", "count")]
+                              if skip else [0.0, 0.0, 0.0])
+            batches = data_lib.make_batches(
+                self.sources["train"], len(self.ds.train), cfg, self.global_batch,
+                training=True, epoch=epoch, skip_batches=skip,
+            )
+            iterator = iter(strategy.experimental_distribute_dataset(batches))
+            t0, step = time.monotonic(), skip
+            trained_images = 0.0
+            while step < self.steps_per_epoch:
+                n = min(cfg.steps_per_execution, self.steps_per_epoch - step)
+                chunk = self._train_chunk(iterator, tf.constant(n, tf.int32)).numpy()
+                totals += chunk
+                trained_images += chunk[2]
+                step += n
+                if not math.isfinite(chunk[0]):
+                    raise FloatingPointError(f"loss became {chunk[0]} in epoch {epoch + 1}, step {step}; "
+                                             "lower the learning rate")
+                progress.update(epoch + 1, cfg.epochs, step, self.steps_per_epoch, totals[0] / max(1, totals[2]))
+                if stop and step < self.steps_per_epoch:
+                    progress.clear()
+                    partial = dict(zip(("loss_sum", "correct", "count"), map(float, totals)))
+                    name = checkpointer.save(Position(epoch, step, history, partial))
+                    raise Preempted(f"{stop.reason}: saved checkpoint {name} at epoch {epoch + 1}, "
+                                    f"step {step}/{self.steps_per_epoch}; restart with the same --output to resume")
+            progress.clear()
+            seconds = time.monotonic() - t0
+            val = self.evaluate("val")
+            row = {
+                "loss": totals[0] / max(1, totals[2]),
+                "accuracy": totals[1] / max(1, totals[2]),
+                "val_loss": val["loss"],
+                "val_accuracy": val["accuracy"],
+                "learning_rate": self._current_lr(),
+                "epoch_seconds": seconds,
+                "images_per_second": trained_images / max(seconds, 1e-9),
+            }
+            for key, value in row.items():
+                history.setdefault(key, []).append(float(value))
+            checkpointer.save(Position(epoch + 1, 0, history, {}))
+            log.info(
+                "epoch %d/%d - %.1fs - %.0f img/s - loss %.4f - accuracy %.4f - val_loss %.4f - val_accuracy %.4f",
+                epoch + 1, cfg.epochs, seconds, row["images_per_second"], row["loss"], row["accuracy"],
+                row["val_loss"], row["val_accuracy"],
+            )
+            if stop:
+                raise Preempted(f"{stop.reason}: saved checkpoint after epoch {epoch + 1}; "
+                                "restart with the same --output to resume")
+
+        speeds = history.get("images_per_second", [])
+        steady = speeds[1:] if len(speeds) > 1 else speeds
+        return FitResult(
+            model=self.model,
+            history=history,
+            epochs_completed=len(history.get("loss", [])),
+            resumed_from=resumed_from,
+            train_seconds=time.monotonic() - start,
+            images_per_second=float(np.median(steady)) if steady else 0.0,
+        )
