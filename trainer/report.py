@@ -553,7 +553,14 @@ def _fmt(value: Any, digits: int = 4) -> str:
         return _esc(value)
     if isinstance(value, int):
         return f"{value:,}"
-    return f"{value:,.{digits}g}" if abs(value) >= 1000 else f"{value:.{digits}f}"
+    size = abs(value)
+    if size >= 1000:
+        return f"{value:,.0f}"
+    if size >= 10:
+        return f"{value:.{digits}g}"  # 812.5, 41.3
+    if size >= 10 ** -(digits - 1) or value == 0:
+        return f"{value:.{digits}f}"  # 3.4036, 0.2100, 0.0010: decimals line up in a column
+    return f"{value:.2e}"
 
 
 def worst_classes(per_class: Mapping[str, Mapping[str, Any]], limit: int = 0) -> list[str]:
@@ -563,7 +570,7 @@ def worst_classes(per_class: Mapping[str, Mapping[str, Any]], limit: int = 0) ->
     """
     scored = [(v["f1"], name) for name, v in per_class.items() if v["support"] > 0 and v["f1"] < 1]
     limit = limit or max(1, min(5, len(per_class) // 5))
-    return [name for _, name in sorted(scored)[:limit]]
+    return [name for _, name in sorted(scored, key=lambda t: t[0])[:limit]]
 
 
 def render_html(metrics: Mapping[str, Any], config: Mapping[str, Any], *,
@@ -656,6 +663,7 @@ def render_html(metrics: Mapping[str, Any], config: Mapping[str, Any], *,
 <div class="cards">
 {card_html}
 </div>
+{extra_html}
 
 <h2>Learning curves</h2>
 <figure><img src="{CURVES_FILE}" alt="accuracy and loss per epoch, train and validation">
@@ -671,7 +679,7 @@ def render_html(metrics: Mapping[str, Any], config: Mapping[str, Any], *,
 
 <h2>Per-class results</h2>
 <table>
-<tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>support</th><th>F1</th></tr>
+<tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>support</th><th></th></tr>
 {chr(10).join(class_rows)}
 </table>
 <p class="note">{" ".join(notes)}</p>
@@ -679,7 +687,6 @@ def render_html(metrics: Mapping[str, Any], config: Mapping[str, Any], *,
 <h2>Predictions</h2>
 <figure><img src="{PREDICTIONS_FILE}" alt="test images with predicted and true labels">
 <figcaption>{_esc(predictions_caption)}. Green: predicted correctly; red: misclassified; the percentage is the model's confidence in its prediction.</figcaption></figure>
-{extra_html}
 
 <h2>Configuration</h2>
 <pre>{_esc(config_yaml)}</pre>
