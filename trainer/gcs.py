@@ -1,6 +1,6 @@
 """Google Cloud Storage: the client, dataset download, and run directories in a bucket.
 
-Only ``trainer.storage`` (and the ``data push`` helper) import this module; nothing else in the
+Only ``trainer.storage`` and the ``data push`` command import this module; nothing else in the
 trainer knows about ``gs://``. TensorFlow's own ``gs://`` filesystem cannot be pointed at an
 emulator, so all I/O goes through the ``google-cloud-storage`` client.
 
@@ -10,7 +10,8 @@ emulator, so all I/O goes through the ``google-cloud-storage`` client.
 * ``download_prefix(uri, cache_dir)``: mirror a bucket prefix into a local cache on a thread pool,
   skipping objects already cached (same generation and size), refusing object names that would
   land outside the cache.
-* ``upload_tree(root, uri)``: the reverse, for ``python -m trainer data push``.
+* ``push_dataset(src, uri)``: ``python -m trainer data push``, a built-in dataset or a folder
+  uploaded in parallel (``upload_tree``).
 * ``GCSRunDir``: a run directory written locally and made durable in the bucket.
 
 Every call retries transient failures (429, 408, 5xx, connection resets) with exponential backoff
@@ -32,6 +33,7 @@ import mimetypes
 import os
 import re
 import shutil
+import tempfile
 import threading
 import time
 import uuid
@@ -443,6 +445,39 @@ def _prune(files_dir: Path, keep: set[str]) -> None:
             os.rmdir(dirpath)
     if removed:
         log.info("removed %d cached files no longer in the bucket", removed)
+
+
+def push_dataset(
+    src: str, dst_uri: str, workers: int = DEFAULT_WORKERS, *, create_bucket: bool = False
+) -> int:
+    """``python -m trainer data push SRC DST``: upload a dataset; returns how many files it has.
+
+    SRC is a built-in dataset (``builtin:digits``, written as PNG files in one folder per class)
+    or a local directory in the class-folder layout. Files already in the bucket with the same
+    content are skipped, so pushing again after an interruption sends only what is missing;
+    hidden files and folders (``.DS_Store``, ``.git``) are not pushed. ``create_bucket`` creates
+    a missing bucket first (meant for the emulator: a real bucket is usually created once, with
+    its location and access policy, by an admin).
+    """
+    from trainer.config import BUILTIN_PREFIX
+
+    if not dst_uri.startswith(GCS_SCHEME):
+        raise ConfigError(f"data push: the destination must be gs://bucket/prefix, got {dst_uri!r}")
+    parse_uri(dst_uri)  # a malformed destination fails before any work
+    if workers < 1:
+        raise ConfigError(f"data push: workers must be >= 1, got {workers}")
+    if src.startswith(BUILTIN_PREFIX):
+        from trainer.data import export_builtin
+
+        with tempfile.TemporaryDirectory(prefix="kubetrain-push-") as tmp:
+            count = export_builtin(src[len(BUILTIN_PREFIX):], Path(tmp))
+            log.info("wrote %s as %d PNG files", src, count)
+            return upload_tree(Path(tmp), dst_uri, workers, create_bucket=create_bucket)
+    root = Path(src).expanduser()
+    if not root.is_dir():
+        raise DataError(f"data push: {src!r} is not a directory (expected one subfolder per class) "
+                        f"nor a built-in dataset ({BUILTIN_PREFIX}digits)")
+    return upload_tree(root, dst_uri, workers, create_bucket=create_bucket)
 
 
 def upload_tree(

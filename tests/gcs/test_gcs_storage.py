@@ -299,7 +299,7 @@ def test_transient_errors_are_retried(gcs_client, bucket, tmp_path, monkeypatch)
 
 
 def test_push_local_folder_then_train_layout_comes_back(gcs_client, bucket, tmp_path):
-    from trainer.push import push_dataset
+    from trainer.gcs import push_dataset
 
     src = tmp_path / "src"
     for cls, n in (("cat", 3), ("dog", 2)):
@@ -320,7 +320,7 @@ def test_push_local_folder_then_train_layout_comes_back(gcs_client, bucket, tmp_
 
 
 def test_push_builtin_digits(gcs_client, tmp_path):
-    from trainer.push import push_dataset
+    from trainer.gcs import push_dataset
 
     bucket = f"t-push-digits-{uuid.uuid4().hex[:8]}"
     assert push_dataset("builtin:digits", f"gs://{bucket}/digits", create_bucket=True) == 1797
@@ -330,7 +330,7 @@ def test_push_builtin_digits(gcs_client, tmp_path):
 
 
 def test_push_errors(gcs_emulator, tmp_path):
-    from trainer.push import push_dataset
+    from trainer.gcs import push_dataset
 
     with pytest.raises(ConfigError, match="destination must be gs://"):
         push_dataset("builtin:digits", str(tmp_path / "out"))
