@@ -251,8 +251,9 @@ def _new_figure(width: float, height: float, layout: str | None = "constrained")
     return fig
 
 
-def _save(fig: Any, path: Path) -> None:
-    fig.savefig(path, dpi=DPI, facecolor="white")
+def _save(fig: Any, path: Path, tight: bool = False) -> None:
+    extra = {"bbox_inches": "tight", "pad_inches": 0.15} if tight else {}
+    fig.savefig(path, dpi=DPI, facecolor="white", **extra)
     fig.clear()  # no pyplot: nothing global holds the figure once it goes out of scope
 
 
@@ -348,8 +349,13 @@ def plot_confusion_matrix(path: Path, cm: np.ndarray, class_names: Sequence[str]
     longest = max(len(s) for s in labels)
     tick_size = 10 if n <= 15 else 8 if n <= 30 else 7 if n <= 60 else 5
     label_room = 0.5 + longest * tick_size * 0.55 / 72  # inches for the tick labels
-    side = n * cell
-    fig = _new_figure(side + label_room + 2.0, side + label_room + 1.2)
+    side = max(n * cell, 3.0)
+    width, height = side + label_room + 2.0, side + label_room + 1.2
+    # No constrained layout: with a square axes and long rotated labels it can leave the title
+    # outside the figure. Fixed margins, then a tight bounding box when saving.
+    fig = _new_figure(width, height, layout=None)
+    fig.subplots_adjust(left=label_room / width, right=1 - 0.3 / width,
+                        bottom=label_room / height, top=1 - 0.8 / height)
     ax = fig.add_subplot(1, 1, 1)
     cmap = "Blues"
     norm = Normalize(vmin=0.0, vmax=vmax)
@@ -359,7 +365,8 @@ def plot_confusion_matrix(path: Path, cm: np.ndarray, class_names: Sequence[str]
 
     if n <= ANNOTATE_MAX_CLASSES:
         colors = im.cmap(norm(values))
-        font = 10 if n <= 10 else 8 if n <= 20 else 6
+        chars = 4 if normalize else len(str(int(values.max())))
+        font = max(6.0, min(11.0, side / n * 72 * 0.8 / (0.62 * max(chars, 2))))
         for (i, j), v in np.ndenumerate(values):
             if normalize:
                 if v == 0:  # blank zeros: the few mistakes stand out
@@ -375,16 +382,16 @@ def plot_confusion_matrix(path: Path, cm: np.ndarray, class_names: Sequence[str]
                 color = "white" if dark else "black"
             ax.text(j, i, text, ha="center", va="center", fontsize=font, color=color)
 
-    ticks = np.arange(n)
-    step = 1 if n <= 100 else math.ceil(n / 100)
-    ax.set_xticks(ticks[::step], [labels[t] for t in ticks[::step]], fontsize=tick_size)
-    ax.set_yticks(ticks[::step], [labels[t] for t in ticks[::step]], fontsize=tick_size)
-    if longest > 2 or n > 20:
-        rotation = 90 if n > 30 else 45
-        ax.tick_params(axis="x", labelrotation=rotation)
-        for label in ax.get_xticklabels():
-            label.set_horizontalalignment("right" if rotation == 45 else "center")
-            label.set_rotation_mode("anchor" if rotation == 45 else "default")
+    ticks = np.arange(n)[:: 1 if n <= 100 else math.ceil(n / 100)]
+    shown = [labels[t] for t in ticks]
+    if longest <= 2 and n <= 20:
+        ax.set_xticks(ticks, shown, fontsize=tick_size)
+    elif n <= 30:
+        ax.set_xticks(ticks, shown, fontsize=tick_size, rotation=45, ha="right",
+                      rotation_mode="anchor")
+    else:
+        ax.set_xticks(ticks, shown, fontsize=tick_size, rotation=90)
+    ax.set_yticks(ticks, shown, fontsize=tick_size)
     ax.set_xlabel("Predicted label", fontsize=11)
     ax.set_ylabel("True label", fontsize=11)
     if n <= 60:  # thin white lines between cells (two collections, cheaper than minor ticks)
@@ -400,7 +407,7 @@ def plot_confusion_matrix(path: Path, cm: np.ndarray, class_names: Sequence[str]
     if n > ANNOTATE_MAX_CLASSES:
         subtitle += "; see metrics.json for counts"
     ax.set_title(f"{title}\n{subtitle}", fontsize=12)
-    _save(fig, path)
+    _save(fig, path, tight=True)
 
 
 def pick_examples(y_true: np.ndarray, y_pred: np.ndarray,
