@@ -87,9 +87,7 @@ def _spec(args: argparse.Namespace):
 
 
 def _namespace(args: argparse.Namespace, spec_namespace: str, default: str) -> str:
-    if args.namespace and spec_namespace and args.namespace != spec_namespace:
-        raise UsageError(f"--namespace {args.namespace!r} does not match the spec's namespace "
-                         f"{spec_namespace!r}")
+    """-n wins (the same spec can go to a test namespace), then the spec's, then the context's."""
     return args.namespace or spec_namespace or default
 
 

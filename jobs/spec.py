@@ -183,26 +183,26 @@ def _quantity(values: Mapping[str, Any], key: str, default: str) -> str:
     return str(raw)
 
 
-def _int(values: Mapping[str, Any], key: str, default: int, minimum: int = 0) -> int:
+def _int(values: Mapping[str, Any], key: str, default: int, minimum: int = 0, where: str = "") -> int:
     raw = values.get(key, default)
     if isinstance(raw, bool) or not isinstance(raw, int):
-        raise SpecError(f"key {key!r}: expected a whole number, got {raw!r}")
+        raise SpecError(f"key {where + key!r}: expected a whole number, got {raw!r}")
     if raw < minimum:
-        raise SpecError(f"key {key!r}: must be >= {minimum}, got {raw}")
+        raise SpecError(f"key {where + key!r}: must be >= {minimum}, got {raw}")
     return raw
 
 
 def _str(values: Mapping[str, Any], key: str, default: str = "", choices: tuple[str, ...] | None = None,
-         required: bool = False) -> str:
+         required: bool = False, where: str = "") -> str:
     if required and values.get(key) in (None, ""):
-        raise SpecError(f"missing required key {key!r}")
+        raise SpecError(f"missing required key {where + key!r}")
     raw = values.get(key, default)
     if raw is None:
         raw = default
     if not isinstance(raw, str):
-        raise SpecError(f"key {key!r}: expected a string, got {raw!r}")
+        raise SpecError(f"key {where + key!r}: expected a string, got {raw!r}")
     if choices and raw not in choices:
-        raise SpecError(f"key {key!r}: {raw!r} is not one of: {', '.join(choices)}")
+        raise SpecError(f"key {where + key!r}: {raw!r} is not one of: {', '.join(choices)}")
     return raw
 
 
@@ -301,8 +301,8 @@ def _tolerations(raw: Any) -> tuple[Toleration, ...]:
         if not isinstance(item, Mapping):
             raise SpecError(f"key {where!r}: expected a mapping with keys {', '.join(valid)}")
         _check_keys(item, valid, where + ".")
-        op = _str(item, "operator", "Equal", TOLERATION_OPERATORS)
-        effect = _str(item, "effect", "")
+        op = _str(item, "operator", "Equal", TOLERATION_OPERATORS, where=where + ".")
+        effect = _str(item, "effect", "", where=where + ".")
         if effect and effect not in TAINT_EFFECTS:
             raise SpecError(f"key '{where}.effect': {effect!r} is not one of: {', '.join(TAINT_EFFECTS)}")
         value = item.get("value", "")
@@ -311,10 +311,10 @@ def _tolerations(raw: Any) -> tuple[Toleration, ...]:
             raise SpecError(f"key '{where}.value': must be empty when operator is Exists")
         seconds = item.get("toleration_seconds")
         if seconds is not None:
-            seconds = _int(item, "toleration_seconds", 0)
+            seconds = _int(item, "toleration_seconds", 0, where=where + ".")
             if effect != "NoExecute":
                 raise SpecError(f"key '{where}.toleration_seconds': only valid with effect NoExecute")
-        key = _str(item, "key", "")
+        key = _str(item, "key", "", where=where + ".")
         if not key and op != "Exists":
             raise SpecError(f"key '{where}.key': an empty key needs operator Exists")
         out.append(Toleration(key=key, operator=op, value=value, effect=effect, toleration_seconds=seconds))
@@ -326,9 +326,9 @@ def _storage(raw: Any) -> StorageSpec:
     if not isinstance(raw, Mapping):
         raise SpecError(f"key 'storage': expected a mapping, got {raw!r}")
     _check_keys(raw, [f.name for f in fields(StorageSpec)], "storage.")
-    mode = _str(raw, "credentials", "none", CREDENTIAL_MODES)
-    secret = _str(raw, "secret", "")
-    secret_key = _str(raw, "secret_key", "key.json")
+    mode = _str(raw, "credentials", "none", CREDENTIAL_MODES, where="storage.")
+    secret = _str(raw, "secret", "", where="storage.")
+    secret_key = _str(raw, "secret_key", "key.json", where="storage.")
     if mode == "secret":
         if not secret:
             raise SpecError("key 'storage.secret': credentials=secret needs the Secret's name")
