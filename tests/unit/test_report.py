@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -217,6 +218,9 @@ def test_write_report(tmp_path: Path, case: str):
             pixels = np.asarray(im.convert("L"), dtype=np.float64)
         assert 250 <= width <= 4000 and 200 <= height <= 4000, (png, im.size)
         assert pixels.std() > 10, f"{png} looks blank"
+        border = np.concatenate([pixels[:2].ravel(), pixels[-2:].ravel(),
+                                 pixels[:, :2].ravel(), pixels[:, -2:].ravel()])
+        assert border.min() == 255, f"{png}: something is cut off at the edge"
     with Image.open(out / report.CONFUSION_FILE) as im:  # scales with the number of classes
         assert min(im.size) >= 60 * min(len(names), 12)
 
@@ -265,6 +269,18 @@ def test_matplotlib_dirs_probe(tmp_path: Path, monkeypatch, env, writable):
     for key, value in env.items():
         monkeypatch.setenv(key, value.format(tmp=tmp_path))
     assert report._default_mpl_dirs_writable() is writable
+
+
+def test_unwritable_home_gets_a_temporary_matplotlib_dir(tmp_path: Path):
+    (tmp_path / "a-file").write_text("not a directory")
+    env = {k: v for k, v in os.environ.items() if k != "MPLCONFIGDIR"}
+    env.update(XDG_CONFIG_HOME=str(tmp_path / "a-file" / "cfg"), TMPDIR=str(tmp_path))
+    code = ("import os, trainer.report as r; r._matplotlib(); "
+            "print(os.environ['MPLCONFIGDIR'])")
+    out = subprocess.run([sys.executable, "-c", code], check=True, env=env, capture_output=True,
+                         text=True, cwd=Path(__file__).resolve().parents[2])
+    assert Path(out.stdout.strip()).parent == tmp_path
+    assert "Matplotlib created a temporary" not in out.stderr
 
 
 def test_import_is_light():
