@@ -633,6 +633,14 @@ class Kubelet:
             },
         }
         self.core.patch_node_status(self.node_name, {"status": status})
+        # The API server's TaintNodesByCondition admission taints a new node not-ready; the
+        # node lifecycle controller would lift it once Ready. That controller is not run here
+        # (it would also want heartbeats), so the kubelet lifts it itself.
+        node = self.core.read_node(self.node_name)
+        taints = [t for t in node.spec.taints or []
+                  if not t.key.startswith("node.kubernetes.io/")]
+        if len(taints) != len(node.spec.taints or []):
+            self.core.patch_node(self.node_name, {"spec": {"taints": taints or None}})
         log.info("node %s registered (kubelet port %d)", self.node_name, self.args.port)
 
     # -- pods ------------------------------------------------------------------------------
