@@ -28,8 +28,15 @@ if ! command -v go >/dev/null 2>&1; then
   exit 1
 fi
 
-# Lean, reproducible binaries; -p bounds parallel compiles on small machines.
-flags=(-trimpath "-ldflags=-s -w" "-p=${KUBETRAIN_BUILD_JOBS:-2}")
+# Lean, reproducible binaries; -p bounds parallel compiles on small machines. The -X flags
+# stamp the release into /version as Kubernetes' own build does (else "v0.0.0-master").
+minor="${k8s_version#v1.}"; minor="${minor%%.*}"
+ldflags="-s -w"
+for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+  ldflags+=" -X $pkg.gitVersion=$k8s_version -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
+  ldflags+=" -X $pkg.gitTreeState=clean"
+done
+flags=(-trimpath "-ldflags=$ldflags" "-p=${KUBETRAIN_BUILD_JOBS:-2}")
 
 build() {  # build <module dir> <package> <output name>
   local dir="$1" pkg="$2" name="$3"
