@@ -120,6 +120,9 @@ class Trainer:
             for name in ("train", "val", "test")
         }
         strategy = runtime.strategy
+        import keras
+
+        keras.utils.set_random_seed(cfg.seed)  # same initial weights for the same seed
         with strategy.scope():
             self.model = build_model(cfg.model, cfg.image_size, dataset.num_classes)
             self.optimizer = make_optimizer(cfg, cfg.epochs * self.steps_per_epoch)
