@@ -42,6 +42,10 @@ test: $(STAMP) $(CHECKOV_STAMP) ## run the whole test suite (starts the GCS emul
 lint: $(STAMP) ## ruff on the Python code
 	$(VENV)/bin/ruff check trainer jobs tests
 
+.PHONY: bench-gcs
+bench-gcs: $(STAMP) ## benchmark parallel vs sequential download of 1,000 small objects from the GCS emulator (~4 min)
+	$(PY) -m bench.gcs_download
+
 .PHONY: cluster-build
 cluster-build: ## build etcd and the Kubernetes control plane from Go modules (cached; ~20 min the first time)
 	@bash tests/cluster/build.sh

@@ -21,7 +21,7 @@ from trainer.errors import EXIT_CONFIG, EXIT_DATA, EXIT_PREEMPTED
 pytestmark = [pytest.mark.gcs, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
-EPOCHS = 30  # long enough to be killed in the middle; each epoch is well under a second here
+EPOCHS = 8  # enough to be killed in the middle: the kill follows the first epoch's checkpoint
 SMALL = ["--set", "model=seed_cnn", "--set", "image_size=16"]
 CHECKPOINT_DEADLINE_SECONDS = 300.0
 REPORT_FILES = ("metrics.json", "learning_curves.png", "confusion_matrix.png", "predictions.png", "report.html")
@@ -102,7 +102,7 @@ def test_train_from_bucket_killed_and_resumed_from_its_uploaded_checkpoint(gcs_c
     assert metrics["epochs_completed"] == EPOCHS
     assert all(len(values) == EPOCHS for values in metrics["history"].values())
     assert metrics["resumed_from"], "metrics.json should record the checkpoint the run resumed from"
-    assert metrics["test_accuracy"] > 0.5  # 30 epochs of digits at 16 px: far above chance (0.1)
+    assert metrics["test_accuracy"] > 0.3  # digits at 16 px after 8 epochs: well above chance (0.1)
 
 
 @pytest.mark.timeout(300)
