@@ -65,10 +65,14 @@ def make_optimizer(cfg: TrainConfig, total_steps: int):
     if cfg.lr_schedule == "cosine":
         lr = keras.optimizers.schedules.CosineDecay(cfg.learning_rate, decay_steps=max(1, total_steps))
     if cfg.optimizer == "adam":
-        return keras.optimizers.Adam(lr)
-    if cfg.optimizer == "adamw":
-        return keras.optimizers.AdamW(lr, weight_decay=cfg.weight_decay)
-    return keras.optimizers.SGD(lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay or None)
+        opt = keras.optimizers.Adam(lr)
+    elif cfg.optimizer == "adamw":
+        opt = keras.optimizers.AdamW(lr, weight_decay=cfg.weight_decay)
+    else:
+        opt = keras.optimizers.SGD(lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay or None)
+    if keras.mixed_precision.global_policy().name == "mixed_float16":
+        opt = keras.optimizers.LossScaleOptimizer(opt)  # float16 gradients need loss scaling
+    return opt
 
 
 def _per_example_loss(cfg: TrainConfig, num_classes: int):
