@@ -121,7 +121,8 @@ def _resources(spec: JobSpec) -> dict:
     requests = {"cpu": spec.cpu, "memory": spec.memory}
     limits = dict(requests)
     if spec.gpus:
-        limits[GPU_RESOURCE] = spec.gpus
+        # A quantity is a string in the API (the Python client rejects a bare int).
+        limits[GPU_RESOURCE] = str(spec.gpus)
     return {"requests": requests, "limits": limits}
 
 

@@ -121,7 +121,7 @@ def test_pod_security(path):
     assert volumes[mounts["/scratch"]]["emptyDir"]["sizeLimit"] == spec.scratch_size
     assert volumes[mounts["/dev/shm"]]["emptyDir"] == {"medium": "Memory", "sizeLimit": spec.shm_size}
     assert c["resources"]["requests"] == {"cpu": spec.cpu, "memory": spec.memory}
-    assert c["resources"]["limits"].get("nvidia.com/gpu", 0) == spec.gpus
+    assert int(c["resources"]["limits"].get("nvidia.com/gpu", 0)) == spec.gpus
     labels = workload(render.render(spec))["metadata"]["labels"]
     assert labels["app.kubernetes.io/managed-by"] == "kubetrain"
     assert labels["app.kubernetes.io/instance"] == spec.name
