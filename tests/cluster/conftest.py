@@ -8,24 +8,23 @@ with the reason, unless CI=true, where that is a failure.
 `namespace` (function): a fresh namespace per test, deleted afterwards.
 `kube` (function): admin API clients.
 `launcher` (function): runs `python -m jobs ...` against the cluster, in the test's namespace.
+`kubetrain_base` (function): k8s/base's ServiceAccounts and launcher Role applied to it.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
 import time
 import uuid
-from dataclasses import dataclass
-from pathlib import Path
 
 import controlplane
 import pytest
-from kubernetes import client
+import yaml
+from cluster_helpers import REPO, Kube, Launcher
+from kubernetes import client, utils
 
-REPO = Path(__file__).resolve().parents[2]
+BASE = REPO / "k8s" / "base"
 
 
 @pytest.fixture(scope="session")
@@ -48,16 +47,6 @@ def control_plane(tmp_path_factory):
         plane.stop()
 
 
-@dataclass
-class Kube:
-    """Admin API clients for one test."""
-
-    api: client.ApiClient
-    core: client.CoreV1Api
-    batch: client.BatchV1Api
-    rbac: client.RbacAuthorizationV1Api
-
-
 @pytest.fixture
 def kube(control_plane) -> Kube:
     api = control_plane.api_client()
@@ -77,29 +66,19 @@ def namespace(control_plane, kube, request) -> str:
     kube.core.delete_namespace(name, propagation_policy="Background")
 
 
-@dataclass
-class Launcher:
-    """Runs the launcher's CLI (`python -m jobs`) with a kubeconfig and a namespace."""
-
-    kubeconfig: Path
-    namespace: str
-
-    def __call__(self, *args: str, timeout_seconds: float = 120,
-                 check: bool = True) -> subprocess.CompletedProcess:
-        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
-        proc = subprocess.run(
-            [sys.executable, "-m", "jobs", *args, "--namespace", self.namespace],
-            cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout_seconds,
-            check=False,
-        )
-        if check and proc.returncode != 0:
-            raise AssertionError(
-                f"`python -m jobs {' '.join(args)}` exited {proc.returncode}\n"
-                f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
-            )
-        return proc
-
-
 @pytest.fixture
 def launcher(control_plane, namespace) -> Launcher:
     return Launcher(control_plane.kubeconfig, namespace)
+
+
+@pytest.fixture
+def kubetrain_base(kube, namespace) -> None:
+    """The trainer's and launcher's ServiceAccounts and the launcher's Role and RoleBinding
+    from k8s/base, in the test's namespace (as `kubectl apply -k` would, with kustomize's
+    namespace filled into the RoleBinding's subjects)."""
+    for path in (BASE / "serviceaccounts.yaml", BASE / "launcher-rbac.yaml"):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc["kind"] == "RoleBinding":
+                for subject in doc["subjects"]:
+                    subject.setdefault("namespace", namespace)
+            utils.create_from_dict(kube.api, doc, namespace=namespace)

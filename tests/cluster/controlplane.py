@@ -47,6 +47,12 @@ CONTROLLERS = (
     "pod-garbage-collector-controller",
     "root-ca-certificate-publisher-controller",
 )
+# The node looks like a GKE node with NVIDIA L4 GPUs and the Workload Identity metadata server,
+# so the example specs' nodeSelectors match it (no GPU is used: pods run on the CPU).
+NODE_LABELS = {
+    "cloud.google.com/gke-accelerator": "nvidia-l4",
+    "iam.gke.io/gke-metadata-server-enabled": "true",
+}
 # Stop order: the kubelet first (it ends its pods), etcd last.
 START_ORDER = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet")
 PIDS_FILE = "pids"
@@ -289,6 +295,7 @@ class ControlPlane:
             f"--tls-key={kubelet_serving.key}",
             f"--client-ca={ca.cert_path}",
             f"--state-dir={self.state_dir / 'kubelet'}",
+            *[f"--node-label={k}={v}" for k, v in NODE_LABELS.items()],
         ])
         self._wait_http("kube-controller-manager", f"https://127.0.0.1:{cm_port}/healthz",
                         deadline, insecure=True)

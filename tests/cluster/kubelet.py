@@ -82,7 +82,7 @@ def rewrite_paths(value: str, mounts: list[tuple[str, Path]]) -> str:
 
 
 class PodFailed(Exception):
-    """The pod cannot be started (bad volume, missing key); it is marked Failed."""
+    """The pod cannot start yet (missing ConfigMap, Secret or key, unsupported volume)."""
 
     def __init__(self, reason: str, message: str):
         super().__init__(message)
@@ -169,11 +169,8 @@ class PodRunner(threading.Thread):
 
     def run(self) -> None:
         try:
-            self._run()
-        except PodFailed as exc:
-            log.warning("pod %s/%s failed to start: %s", *self.key, exc.message)
-            self._patch_status({"phase": "Failed", "reason": exc.reason, "message": exc.message,
-                                "startTime": self.start_time})
+            if self._prepare():
+                self._run()
         except Exception:  # report, never leave the pod hanging in Running
             log.exception("pod %s/%s: kubelet error", *self.key)
             self._patch_status({"phase": "Failed", "reason": "KubeletError",
@@ -184,13 +181,32 @@ class PodRunner(threading.Thread):
             if self.stopping.is_set():
                 self._delete_finally()
 
+    def _prepare(self) -> bool:
+        """Volumes and launch commands; like a kubelet, a pod whose ConfigMap or Secret is
+        missing waits (CreateContainerConfigError) and is tried again. False: deleted first."""
+        spec = self.pod.spec
+        while True:
+            try:
+                (self.dir / "logs").mkdir(parents=True, exist_ok=True)
+                volumes = self._materialize_volumes()
+                for c in (spec.init_containers or []) + spec.containers:
+                    self.launches[c.name] = self._launch(c, self._container_mounts(c, volumes))
+                return True
+            except PodFailed as exc:
+                log.warning("pod %s/%s cannot start: %s", *self.key, exc.message)
+                waiting = {"waiting": {"reason": exc.reason, "message": exc.message}}
+                self._patch_status({
+                    "phase": "Pending", "hostIP": "127.0.0.1", "startTime": self.start_time,
+                    "containerStatuses": [
+                        {"name": c.name, "image": c.image, "imageID": "", "ready": False,
+                         "restartCount": 0, "started": False, "state": waiting}
+                        for c in spec.containers],
+                })
+            if self.stopping.wait(2):
+                return False
+
     def _run(self) -> None:
         spec = self.pod.spec
-        (self.dir / "logs").mkdir(parents=True, exist_ok=True)
-        volumes = self._materialize_volumes()
-        for c in (spec.init_containers or []) + spec.containers:
-            self.launches[c.name] = self._launch(c, self._container_mounts(c, volumes))
-
         for init in spec.init_containers or []:
             code = self._run_container(init, spec.restart_policy, init=True)
             if code != 0 or self.stopping.is_set():
@@ -595,6 +611,7 @@ class Kubelet:
             "kubernetes.io/os": "linux",
             "kubernetes.io/arch": "amd64",
             "kubetrain.dev/test-kubelet": "true",
+            **dict(label.split("=", 1) for label in self.args.node_label),
         }
         node = {"apiVersion": "v1", "kind": "Node",
                 "metadata": {"name": self.node_name, "labels": labels}}
@@ -603,6 +620,7 @@ class Kubelet:
         except ApiException as exc:
             if exc.status != 409:
                 raise
+            self.core.patch_node(self.node_name, {"metadata": {"labels": labels}})
         resources = {
             "cpu": str(self.args.cpu),
             "memory": self.args.memory,
@@ -812,10 +830,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tls-key", required=True)
     parser.add_argument("--client-ca", required=True, help="CA of the API server's client cert")
     parser.add_argument("--state-dir", required=True, help="pod directories and logs")
-    parser.add_argument("--cpu", type=int, default=32)
-    parser.add_argument("--memory", default="128Gi")
+    parser.add_argument("--cpu", type=int, default=64)
+    parser.add_argument("--memory", default="256Gi")
     parser.add_argument("--pods", type=int, default=110)
-    parser.add_argument("--gpus", type=int, default=4, help="nvidia.com/gpu capacity")
+    parser.add_argument("--gpus", type=int, default=8, help="nvidia.com/gpu capacity")
+    parser.add_argument("--node-label", action="append", default=[], metavar="KEY=VALUE",
+                        help="an extra label of the node (repeatable)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(threadName)s %(message)s")

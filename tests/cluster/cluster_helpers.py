@@ -1,0 +1,101 @@
+"""Helpers for the tests against the local control plane (imported by tests/cluster/test_*)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import controlplane
+from kubernetes import client, watch
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
+NODE_NAME = controlplane.NODE_NAME
+
+
+@dataclass
+class Kube:
+    """Admin API clients for one test."""
+
+    api: client.ApiClient
+    core: client.CoreV1Api
+    batch: client.BatchV1Api
+    rbac: client.RbacAuthorizationV1Api
+
+
+@dataclass
+class Launcher:
+    """Runs the launcher's CLI (`python -m jobs`) with a kubeconfig and a namespace."""
+
+    kubeconfig: Path
+    namespace: str
+
+    def __call__(self, *args: str, timeout_seconds: float = 120,
+                 check: bool = True) -> subprocess.CompletedProcess:
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
+        proc = subprocess.run(
+            [sys.executable, "-m", "jobs", *args, "--namespace", self.namespace],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout_seconds,
+            check=False,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(
+                f"`python -m jobs {' '.join(args)}` exited {proc.returncode}\n"
+                f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+            )
+        return proc
+
+
+def wait_for(what: str, list_func, namespace: str, check, *, timeout_seconds: float = 120,
+             **selectors):
+    """List, and watch for changes, until `check(items)` returns something truthy; return it.
+
+    Fails the test with `what` after `timeout_seconds`.
+    """
+    deadline = time.monotonic() + timeout_seconds
+    while True:
+        listed = list_func(namespace, **selectors)
+        result = check(listed.items)
+        if result:
+            return result
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise AssertionError(f"timed out after {timeout_seconds:.0f}s waiting for {what}; "
+                                 f"last seen: {[i.metadata.name for i in listed.items]}")
+        stream = watch.Watch().stream(list_func, namespace,
+                                      resource_version=listed.metadata.resource_version,
+                                      timeout_seconds=max(1, int(min(remaining, 10))), **selectors)
+        for _event in stream:
+            break  # something changed: list again
+        stream.close()
+
+
+def job_pods(kube: Kube, namespace: str, job_name: str) -> list:
+    pods = kube.core.list_namespaced_pod(
+        namespace, label_selector=f"batch.kubernetes.io/job-name={job_name}").items
+    return sorted(pods, key=lambda p: p.metadata.creation_timestamp)
+
+
+def exit_codes(pods) -> list[int | None]:
+    codes = []
+    for pod in pods:
+        statuses = pod.status.container_statuses or []
+        terminated = statuses[0].state.terminated if statuses else None
+        codes.append(terminated.exit_code if terminated else None)
+    return codes
+
+
+def token_kubeconfig(control_plane, kube: Kube, namespace: str, service_account: str,
+                     path: Path) -> Path:
+    """A kubeconfig that authenticates as `service_account` (a TokenRequest token)."""
+    request = client.AuthenticationV1TokenRequest(
+        spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=3600))
+    token = kube.core.create_namespaced_service_account_token(
+        service_account, namespace, request).status.token
+    return controlplane.write_kubeconfig(
+        path, control_plane.server, control_plane.pki_dir / "ca.crt", token=token,
+        namespace=namespace, user=f"system:serviceaccount:{namespace}:{service_account}")
