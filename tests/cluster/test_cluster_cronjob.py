@@ -1,0 +1,66 @@
+"""The nightly spec's CronJob, triggered once by hand (what `kubectl create job
+--from=cronjob/NAME` does), makes a Job that runs the real trainer into its own directory.
+
+The schedule itself is minute-grained and far away (02:30 Berlin), so the test does not wait
+for the clock.
+"""
+
+import json
+import uuid
+
+import pytest
+from cluster_helpers import REPO, exit_codes, job_pods
+
+from jobs.spec import load_spec
+
+pytestmark = pytest.mark.cluster
+
+NIGHTLY = REPO / "examples" / "nightly.yaml"
+
+
+def job_from_cronjob(cron, name: str) -> dict:
+    """The Job `kubectl create job NAME --from=cronjob/CRON` makes."""
+    template = cron.spec.job_template
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": name,
+            "labels": template.metadata.labels,
+            "annotations": {"cronjob.kubernetes.io/instantiate": "manual"},
+            "ownerReferences": [{"apiVersion": "batch/v1", "kind": "CronJob",
+                                 "name": cron.metadata.name, "uid": cron.metadata.uid,
+                                 "controller": True}],
+        },
+        "spec": template.spec,
+    }
+
+
+@pytest.mark.timeout(300)
+def test_nightly_cronjob_triggered_once_runs_a_job(kube, launcher, namespace, kubetrain_base,
+                                                   tmp_path):
+    spec = load_spec(NIGHTLY)
+    kube.core.create_namespaced_secret(namespace, {  # the platform team's Secret, a placeholder
+        "metadata": {"name": spec.storage.secret},
+        "stringData": {spec.storage.secret_key: "{}"}})
+    runs = tmp_path / "nightly"
+    out = launcher("submit", str(NIGHTLY), "--set", "data=builtin:digits",
+                   "--set", f"output={runs}", "--set", "model=seed_cnn",
+                   "--set", "image_size=16", "--set", "epochs=1")
+    assert f"cronjob.batch/{spec.name} created" in out.stdout
+
+    cron = kube.batch.read_namespaced_cron_job(spec.name, namespace)
+    run_name = f"{spec.name}-manual-{uuid.uuid4().hex[:4]}"
+    kube.batch.create_namespaced_job(namespace, kube.api.sanitize_for_serialization(
+        job_from_cronjob(cron, run_name)))
+
+    waited = launcher("wait", spec.name, "--timeout", "240", timeout_seconds=260)  # newest run
+    assert f"job {run_name} succeeded" in waited.stdout
+    assert exit_codes(job_pods(kube, namespace, run_name)) == [0]
+    # Each run writes to <output>/<its Job's name>, from the pod's job-name label.
+    metrics = json.loads((runs / run_name / "report" / "metrics.json").read_text())
+    assert metrics["epochs_completed"] == 1
+
+    status = launcher("status", spec.name)
+    assert f"run {run_name}  Succeeded" in status.stdout
+    assert "test accuracy" in launcher("logs", spec.name).stdout
