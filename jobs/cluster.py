@@ -102,6 +102,7 @@ class Cluster:
         read = {"Job": self.batch.read_namespaced_job,
                 "CronJob": self.batch.read_namespaced_cron_job,
                 "ConfigMap": self.core.read_namespaced_config_map,
+                "ServiceAccount": self.core.read_namespaced_service_account,
                 "Pod": self.core.read_namespaced_pod}[kind]
         return _call(what, read, name, namespace)
 
@@ -142,6 +143,13 @@ class Cluster:
                  "Pod": self.core.list_namespaced_pod}[kind]
         return _call(f"list {kind.lower()}s in {namespace}", list_, namespace,
                      label_selector=label_selector)
+
+    def events(self, namespace: str, kind: str, name: str) -> list[dict]:
+        """The events recorded about one object (e.g. a Job's FailedCreate), oldest first."""
+        selector = f"involvedObject.kind={kind},involvedObject.name={name}"
+        items = _call(f"list events of {kind.lower()} {namespace}/{name}", self.core.list_namespaced_event,
+                      namespace, field_selector=selector)["items"]
+        return sorted(items, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
 
     # -- watches and streams ----------------------------------------------------------------
 

@@ -91,6 +91,10 @@ def age(timestamp: str | None, now: dt.datetime | None = None) -> str:
     return f"{seconds}s"
 
 
+def _ago(timestamp: str | None) -> str:
+    return f"{age(timestamp)} ago" if timestamp else "never"
+
+
 def sorted_pods(pods: list[dict]) -> list[dict]:
     return sorted(pods, key=lambda p: (p["metadata"].get("creationTimestamp") or "", p["metadata"]["name"]))
 
@@ -115,6 +119,15 @@ def pod_problem(pod: dict) -> tuple[str, str, dt.datetime | None] | None:
     if waiting.get("reason") in STUCK_REASONS:
         return waiting["reason"], waiting.get("message", ""), None
     return None
+
+
+def create_problem(events: list[dict]) -> tuple[str, str, dt.datetime | None] | None:
+    """(reason, message, since) when the newest of a Job's events says it cannot create pods
+    (a missing ServiceAccount, a quota, an admission webhook), else None."""
+    if not events or events[-1].get("reason") != "FailedCreate":
+        return None
+    first = events[-1].get("firstTimestamp") or events[-1].get("eventTime")
+    return "FailedCreate", events[-1].get("message", ""), _time(first)
 
 
 def exit_summary(pod: dict) -> str:
@@ -202,21 +215,26 @@ def wait(cluster: Cluster, namespace: str, name: str, *, timeout_seconds: float,
             return 1, explain_failure(job, pods)
 
         seen_now: dict[tuple[str, str], dt.datetime] = {}
-        for pod in pods:
-            problem = pod_problem(pod)
+        problems = [(f"pod {p['metadata']['name']}", pod_problem(p)) for p in pods]
+        if not any((p.get("status") or {}).get("phase") in ("Pending", "Running") for p in pods):
+            # no pod to look at: the Job controller may be failing to create one
+            problems.append((f"job {name}", create_problem(cluster.events(namespace, "Job", name))))
+        for who, problem in problems:
             if problem is None:
                 continue
             reason, message, since = problem
-            key = (pod["metadata"]["name"], reason)
+            key = (who, reason)
             since = min(filter(None, (since, first_seen.get(key), now())))
             seen_now[key] = since
             stuck = (now() - since).total_seconds()
             if stuck >= pending_timeout_seconds:
-                return 1, (f"job {name}: pod {key[0]} stuck {reason} for {int(stuck)}s "
+                return 1, (f"job {name}: {who} stuck {reason} for {int(stuck)}s "
                            f"(--pending-timeout {int(pending_timeout_seconds)}): {message}")
         first_seen = seen_now
 
         line = progress_line(name, state, pods)
+        if not pods and problems[-1][1]:
+            line += f" - {problems[-1][1][0]}: {problems[-1][1][1]}"
         if line != last_line:
             report(line)
             last_line = line
@@ -361,8 +379,8 @@ def status_text(cluster: Cluster, namespace: str, name: str) -> str:
     lines = [f"cronjob {name} (namespace {namespace}): schedule {spec['schedule']!r} "
              f"({spec.get('timeZone', 'controller local time')})"
              + (", suspended" if spec.get("suspend") else ""),
-             (f"  last run {age(st.get('lastScheduleTime'))} ago, last success "
-              f"{age(st.get('lastSuccessfulTime'))} ago, active {len(st.get('active') or [])}")]
+             (f"  last run {_ago(st.get('lastScheduleTime'))}, last success "
+              f"{_ago(st.get('lastSuccessfulTime'))}, active {len(st.get('active') or [])}")]
     for run in _cron_runs(cluster, namespace, cron):
         lines.append(f"  run {run['metadata']['name']}  {job_state(run).phase}  "
                      f"{age(run['metadata'].get('creationTimestamp'))}")

@@ -52,6 +52,12 @@ def submit(cluster: Cluster, spec: JobSpec, namespace: str) -> Submitted:
         return Submitted(kind, name, namespace, created=False)
     except NotFound:
         pass
+    try:
+        cluster.get("ServiceAccount", namespace, spec.service_account)
+    except NotFound:
+        raise NotFound(f"serviceaccount {namespace}/{spec.service_account} does not exist, so no pod "
+                       "could start: apply k8s/base (kubectl apply -k k8s/overlays/...) to this "
+                       "namespace, or set 'service_account' in the spec") from None
 
     try:
         cluster.create(namespace, config_map)

@@ -42,6 +42,8 @@ class FakeCluster:
         self.uids = itertools.count(1)
         self.rv = itertools.count(1)
         self.calls: list[str] = []
+        self.events_of: dict[tuple[str, str], list[dict]] = {}
+        self.put({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "kubetrain-trainer"}})
 
     # clocks
     def clock(self) -> float:
@@ -92,6 +94,9 @@ class FakeCluster:
         items = [copy.deepcopy(o) for (k, ns, _), o in self.objects.items() if k == kind and ns == namespace
                  and all((o["metadata"].get("labels") or {}).get(a) == b for a, b in wanted.items())]
         return {"items": items, "metadata": {"resourceVersion": "1"}}
+
+    def events(self, namespace, kind, name):
+        return copy.deepcopy(self.events_of.get((kind, name), []))
 
     def watch(self, kind, namespace, *, name="", label_selector="", resource_version="", timeout_seconds=30):
         step = self.steps.pop(0) if self.steps else None
@@ -154,6 +159,14 @@ def test_submit_creates_config_then_job_then_links_them():
     assert owner["uid"] == c.get("Job", NS, "digits")["metadata"]["uid"]
 
 
+def test_submit_needs_the_trainers_service_account():
+    c = FakeCluster()
+    c.objects.clear()
+    with pytest.raises(NotFound, match="serviceaccount ml/kubetrain-trainer does not exist"):
+        submit(c, parse_spec(SPEC), NS)
+    assert c.calls == []
+
+
 def test_submit_is_idempotent_and_refuses_a_changed_spec():
     c = FakeCluster()
     submit(c, parse_spec(SPEC), NS)
@@ -186,7 +199,7 @@ def test_delete_removes_job_and_config_and_only_ours():
     c = FakeCluster()
     submit(c, parse_spec(SPEC), NS)
     assert delete(c, "digits", NS) == "Job"
-    assert not c.objects
+    assert [k for k in c.objects if k[0] != "ServiceAccount"] == []
     with pytest.raises(NotFound, match="no job or cronjob named 'digits'"):
         delete(c, "digits", NS)
     c.put({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "other"}})
@@ -251,6 +264,20 @@ def test_wait_gives_a_pending_pod_its_pending_timeout():
     assert code == 1 and "stuck Unschedulable for 30s" in message
     assert c.seconds == 30  # three 10 s watch windows, no sleeping
     assert lines[0].startswith("job digits: Pending - pod digits-a Unschedulable: 0/3 nodes")
+
+
+def test_wait_reports_a_job_that_cannot_create_pods():
+    c = FakeCluster()
+    c.job()
+    c.events_of[("Job", "digits")] = [{"reason": "FailedCreate", "type": "Warning",
+                                       "firstTimestamp": iso(T0),
+                                       "message": 'Error creating: pods "digits-" is forbidden: error '
+                                                  'looking up service account ml/kubetrain-trainer'}]
+    code, message, lines = wait(c, pending_timeout_seconds=20)
+    assert code == 1
+    assert message.startswith("job digits: job digits stuck FailedCreate for 20s (--pending-timeout 20): "
+                              "Error creating")
+    assert lines[0].startswith("job digits: Pending - FailedCreate: Error creating")
 
 
 def test_wait_reports_image_pull_problems():
