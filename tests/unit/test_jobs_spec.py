@@ -143,3 +143,11 @@ def test_cli_missing_file_exit_2(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "jobs", "render", str(tmp_path / "nope.yaml")],
                           cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 2 and "cannot read the spec" in proc.stderr
+
+
+def test_docs_describe_every_spec_key():
+    from jobs.spec import key_docs
+
+    docs = (REPO / "docs" / "launcher.md").read_text()
+    missing = [key for key, *_ in key_docs() if f"| `{key}` |" not in docs]
+    assert not missing, f"docs/launcher.md has no row for: {', '.join(missing)}"
