@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -264,18 +265,18 @@ def test_publish_killed_while_committing_is_finished_by_the_next_run(gcs_client,
 
 
 class FlakyAdapter(HTTPAdapter):
-    """Answers the first ``failures`` requests with 503, like an overloaded GCS frontend."""
+    """Answers the first ``failures`` requests with ``status`` (503: an overloaded GCS frontend)."""
 
-    def __init__(self, failures: int, **kw):
+    def __init__(self, failures: int, status: int = 503, **kw):
         super().__init__(**kw)
-        self.failures, self.sent = failures, 0
+        self.failures, self.status, self.sent = failures, status, 0
 
     def send(self, request, **kw):
         self.sent += 1
         if self.sent <= self.failures:
             resp = requests.Response()
-            resp.status_code, resp.request, resp.url = 503, request, request.url
-            resp._content = json.dumps({"error": {"code": 503, "message": "try again"}}).encode()
+            resp.status_code, resp.request, resp.url = self.status, request, request.url
+            resp._content = json.dumps({"error": {"code": self.status, "message": "injected"}}).encode()
             resp.headers["Content-Type"] = "application/json"
             return resp
         return super().send(request, **kw)
@@ -292,6 +293,27 @@ def test_transient_errors_are_retried(gcs_client, bucket, tmp_path, monkeypatch)
     monkeypatch.undo()
     assert flaky.sent == 3
     assert gcs_client.bucket(bucket).blob("run/checkpoints/latest.json").download_as_text() == '{"epoch": 1}'
+
+
+@pytest.mark.parametrize(("status", "message"), [(403, "permission denied"), (401, "credentials rejected")],
+                         ids=["forbidden", "unauthorized"])
+def test_iam_refusals_are_config_errors(gcs_client, bucket, tmp_path, monkeypatch, status, message):
+    """The emulator has no IAM: the refusal GCS would send is injected at the HTTP layer."""
+    from google.auth.transport.requests import AuthorizedSession
+    from google.cloud import storage as gcs_storage
+    from google.oauth2.credentials import Credentials
+
+    # an expired OAuth token that cannot be refreshed, like a revoked key
+    creds = Credentials(token="expired")
+    session = AuthorizedSession(creds)
+    session.mount("http://", FlakyAdapter(failures=100, status=status))
+    client = gcs_storage.Client(project="test", credentials=creds, _http=session)
+    monkeypatch.setitem(gcs._clients, os.environ["STORAGE_EMULATOR_HOST"], client)
+    with pytest.raises(ConfigError, match=message) as err:
+        storage.fetch_dataset(f"gs://{bucket}/ds", tmp_path)
+    assert err.value.exit_code == EXIT_CONFIG and "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match=message):
+        storage.open_run_dir(f"gs://{bucket}/run", tmp_path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -324,9 +346,9 @@ def test_push_builtin_digits(gcs_client, tmp_path):
 
     bucket = f"t-push-digits-{uuid.uuid4().hex[:8]}"
     assert push_dataset("builtin:digits", f"gs://{bucket}/digits", create_bucket=True) == 1797
-    got = storage.fetch_dataset(f"gs://{bucket}/digits", tmp_path)
-    assert sorted(p.name for p in got.iterdir()) == [str(d) for d in range(10)]
-    assert sum(1 for _ in got.rglob("*.png")) == 1797
+    pushed = [b.name for b in gcs_client.list_blobs(bucket, prefix="digits/")]
+    assert len(pushed) == 1797 and all(n.endswith(".png") for n in pushed)
+    assert {n.split("/")[1] for n in pushed} == {str(d) for d in range(10)}
 
 
 def test_push_errors(gcs_emulator, tmp_path):
