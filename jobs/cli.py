@@ -161,3 +161,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `python -m jobs logs NAME | head`
+        sys.stderr.close()
+        return EXIT_OK
