@@ -87,7 +87,9 @@ def _data_parser() -> argparse.ArgumentParser:
     push = sub.add_parser("push", help="upload a dataset (builtin:digits or a folder) to a bucket prefix")
     push.add_argument("src", help="builtin:digits or a local directory in the class-folder layout")
     push.add_argument("dst", help="gs://bucket/prefix")
-    push.add_argument("--workers", type=int, default=32, help="parallel uploads (default 32)")
+    push.add_argument("--workers", type=int, default=16, help="parallel uploads (default 16)")
+    push.add_argument("--create-bucket", action="store_true",
+                      help="create the bucket if it does not exist (handy with an emulator)")
     return p
 
 
@@ -147,7 +149,7 @@ def _data(argv: list[str]) -> int:
     configure_logging()
     from trainer.gcs import push_dataset
 
-    count = push_dataset(args.src, args.dst, workers=args.workers)
+    count = push_dataset(args.src, args.dst, workers=args.workers, create_bucket=args.create_bucket)
     log.info("pushed %d objects to %s", count, args.dst)
     return errors.EXIT_OK
 

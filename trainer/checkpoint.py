@@ -79,11 +79,11 @@ class Checkpointer:
         return name
 
     def _prune(self, keep_name: str) -> None:
-        """Delete local checkpoints beyond the newest ``keep`` (the current one is always kept)."""
+        """Delete checkpoints beyond the newest ``keep``, here and at the destination (never the current one)."""
         names = sorted({p.name.split(".")[0] for p in self.local_dir.glob("ckpt-*.index")})
         for old in [n for n in names if n != keep_name][: max(0, len(names) - self.keep)]:
             for f in self.local_dir.glob(old + ".*"):
-                f.unlink(missing_ok=True)
+                self.run_dir.remove(f"checkpoints/{f.name}")
 
 
 def read_marker(run_root: Path) -> dict | None:
