@@ -1,0 +1,167 @@
+"""Figures and Markdown tables from a results JSON: ``python -m bench.report RESULTS.json``."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from pathlib import Path
+
+from bench.common import SEED_CNN_TRAIN_FLOPS, summary
+
+BASELINE_INDEX = {"throughput": 0, "device": 0, "tuning": 1}
+
+
+def run_figures(run: dict) -> dict:
+    """Images/s, CPU ms per image over the measured epochs (all but the first)."""
+    epochs = run.get("epochs", [])[1:]
+    images = sum(e["images"] for e in epochs)
+    seconds = sum(e["seconds"] for e in epochs)
+    cpu = sum(e["cpu_seconds"] for e in epochs)
+    return {
+        "images_per_second": images / seconds if seconds else None,
+        "cpu_ms_per_image": 1000.0 * cpu / images if images else None,
+        "peak_rss_mb": run.get("peak_rss_mb"),
+    }
+
+
+def _is_seed64(spec: dict) -> bool:
+    return spec["kind"] == "tutorial" or (spec.get("overrides", {}).get("model") == "seed_cnn"
+                                          and spec.get("overrides", {}).get("image_size") == 64)
+
+
+def summarize(results: dict) -> dict:
+    peak = summary([c["gflops_best"] for c in results["calibration"]])
+    out: dict = {"matmul_gflops": peak}
+    peak_flops = (peak["median"] or 0) * 1e9
+    for name, entries in results["experiments"].items():
+        rows = []
+        if name == "pipeline":
+            for e in entries:
+                ratios, pipe, mem = [], [], []
+                for run in e["runs"]:
+                    for pair in run["pairs"]:
+                        p = pair["pipeline"]["images"] / pair["pipeline"]["seconds"]
+                        m = pair["in_memory"]["images"] / pair["in_memory"]["seconds"]
+                        pipe.append(p), mem.append(m), ratios.append(p / m)
+                rows.append({"label": e["label"], "pipeline_images_per_second": summary(pipe),
+                             "in_memory_images_per_second": summary(mem), "ratio": summary(ratios)})
+            out[name] = rows
+            continue
+        if name == "target":
+            for e in entries:
+                runs = e["runs"]
+                rows.append({
+                    "label": e["label"],
+                    "seconds_to_target": summary([r.get("seconds_to_target") for r in runs]),
+                    "epochs_to_target": summary([r.get("reached_epoch") for r in runs]),
+                    "reached": sum(r.get("reached_epoch") is not None for r in runs), "runs": len(runs),
+                    "final_test_accuracy": summary([r["test_accuracy"][-1] for r in runs if r["test_accuracy"]]),
+                    "peak_rss_mb": summary([r.get("peak_rss_mb") for r in runs]),
+                })
+            out[name] = rows
+            continue
+        base = entries[BASELINE_INDEX.get(name, 0)]
+        base_by_round = {r["round"]: run_figures(r)["images_per_second"] for r in base["runs"]}
+        for e in entries:
+            figs = [run_figures(r) for r in e["runs"]]
+            ips = [f["images_per_second"] for f in figs]
+            paired = [f["images_per_second"] / base_by_round[r["round"]]
+                      for f, r in zip(figs, e["runs"]) if base_by_round.get(r["round"])]
+            row = {
+                "label": e["label"],
+                "images_per_second": summary(ips),
+                "ratio_vs_baseline": summary(paired),
+                "cpu_ms_per_image": summary([f["cpu_ms_per_image"] for f in figs]),
+                "peak_rss_mb": summary([f["peak_rss_mb"] for f in figs]),
+                "train_images": e["runs"][0]["epochs"][0]["images"] if e["runs"] else None,
+            }
+            if _is_seed64(e["spec"]) and peak_flops:
+                row["percent_of_peak"] = summary([100.0 * v * SEED_CNN_TRAIN_FLOPS / peak_flops
+                                                  for v in ips if v])
+            rows.append(row)
+        out[name] = rows
+    return out
+
+
+def _fmt(s: dict, digits: int = 0, pct: bool = False) -> str:
+    if not s or s.get("median") is None:
+        return "-"
+    f = (lambda v: f"{100 * v:.{digits}f}%") if pct else (lambda v: f"{v:,.{digits}f}")
+    if s["n"] == 1:
+        return f(s["median"])
+    return f"{f(s['median'])} ({f(s['min'])}-{f(s['max'])})"
+
+
+def markdown(results: dict) -> str:
+    s = results.get("summary") or summarize(results)
+    m = results["machine"]
+    v = results.get("versions", {})
+    lines = [
+        f"Measured {results['date']} on {m.get('model_name', m.get('cpu'))}, {m.get('cores')} cores"
+        f" ({m.get('hypervisor_vendor', 'bare metal')} VM), {m.get('memory_gb', '?')} GB;"
+        f" TensorFlow {v.get('tensorflow', '?')}, Keras {v.get('keras', '?')}; commit {results.get('commit', '?')}.",
+        f"Command: `{results['command']}`. Figures are median (min-max) over runs; ratios are paired"
+        " within a round.",
+        f"Machine peak (float32 2048x2048 matmul, best of each round): {_fmt(s['matmul_gflops'], 1)} GFLOP/s.",
+        "",
+    ]
+    titles = {
+        "throughput": "Training throughput: seed CNN, 64x64x3 digits, same arrays",
+        "device": "CPU device choices: seed CNN 64x64x3 (trainer, batch 64)",
+        "tuning": "Trainer knobs: seed CNN 64x64x3 (ratio vs the defaults)",
+    }
+    for name in ("throughput", "device", "tuning"):
+        if name not in s:
+            continue
+        rows = s[name]
+        lines += [f"**{titles[name]}** ({rows[0]['train_images']} training images per epoch)", "",
+                  "| variant | images/s | ratio | CPU ms/image | % of peak | peak RSS MB |",
+                  "|---|---|---|---|---|---|"]
+        for r in rows:
+            lines.append(f"| {r['label']} | {_fmt(r['images_per_second'])} | {_fmt(r['ratio_vs_baseline'], 2)}"
+                         f" | {_fmt(r['cpu_ms_per_image'], 2)} | {_fmt(r.get('percent_of_peak'), 1)}"
+                         f" | {_fmt(r['peak_rss_mb'])} |")
+        lines.append("")
+    if "pipeline" in s:
+        lines += ["**Input pipeline: the trainer's tf.data pipeline vs the same batches already in memory**", "",
+                  "| model | pipeline images/s | in-memory images/s | ratio |", "|---|---|---|---|"]
+        for r in s["pipeline"]:
+            lines.append(f"| {r['label']} | {_fmt(r['pipeline_images_per_second'])}"
+                         f" | {_fmt(r['in_memory_images_per_second'])} | {_fmt(r['ratio'], 3)} |")
+        lines.append("")
+    if "target" in s:
+        lines += ["**Wall time from process start to >= 97% test accuracy on builtin:digits**", "",
+                  "| recipe | seconds | epochs | reached | final test accuracy | peak RSS MB |",
+                  "|---|---|---|---|---|---|"]
+        for r in s["target"]:
+            lines.append(f"| {r['label']} | {_fmt(r['seconds_to_target'], 1)} | {_fmt(r['epochs_to_target'])}"
+                         f" | {r['reached']}/{r['runs']} | {_fmt(r['final_test_accuracy'], 1, pct=True)}"
+                         f" | {_fmt(r['peak_rss_mb'])} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def one_line(name: str, run: dict) -> str:
+    """Progress line printed after each child."""
+    if name == "pipeline":
+        ratios = [p["pipeline"]["seconds"] and (p["in_memory"]["seconds"] / p["pipeline"]["seconds"])
+                  for p in run["pairs"]]
+        return f"pipeline/in-memory {statistics.median(ratios):.3f}"
+    if name == "target":
+        t = run.get("seconds_to_target")
+        return (f"97% at epoch {run['reached_epoch']} after {t:.1f}s" if t is not None
+                else f"not reached (last {run['test_accuracy'][-1:]})")
+    f = run_figures(run)
+    ips = f["images_per_second"]
+    return f"{ips:.0f} img/s, {f['cpu_ms_per_image']:.2f} CPU ms/img" if ips else "no measured epoch"
+
+
+def main(argv: list[str]) -> int:
+    results = json.loads(Path(argv[0]).read_text())
+    print(markdown(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
