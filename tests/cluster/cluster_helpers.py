@@ -10,9 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import controlplane
-from kubernetes import client, watch
+import yaml
+from kubernetes import client, utils, watch
 
 REPO = Path(__file__).resolve().parents[2]
+BASE = REPO / "k8s" / "base"
 EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
 NODE_NAME = controlplane.NODE_NAME
 
@@ -48,6 +50,22 @@ class Launcher:
                 f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
             )
         return proc
+
+
+def base_namespace_labels() -> dict[str, str]:
+    """The labels of k8s/base's namespace (the restricted Pod Security Standard)."""
+    return yaml.safe_load((BASE / "namespace.yaml").read_text())["metadata"]["labels"]
+
+
+def apply_kubetrain_base(api: client.ApiClient, namespace: str) -> None:
+    """k8s/base's ServiceAccounts, launcher Role and RoleBinding, in `namespace` (as
+    `kubectl apply -k` would, with kustomize's namespace filled into the binding's subjects)."""
+    for path in (BASE / "serviceaccounts.yaml", BASE / "launcher-rbac.yaml"):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc["kind"] == "RoleBinding":
+                for subject in doc["subjects"]:
+                    subject.setdefault("namespace", namespace)
+            utils.create_from_dict(api, doc, namespace=namespace)
 
 
 def wait_for(what: str, list_func, namespace: str, check, *, timeout_seconds: float = 120,

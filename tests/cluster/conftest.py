@@ -20,11 +20,8 @@ import uuid
 
 import controlplane
 import pytest
-import yaml
-from cluster_helpers import REPO, Kube, Launcher
-from kubernetes import client, utils
-
-BASE = REPO / "k8s" / "base"
+from cluster_helpers import Kube, Launcher, apply_kubetrain_base, base_namespace_labels
+from kubernetes import client
 
 
 @pytest.fixture(scope="session")
@@ -57,10 +54,11 @@ def kube(control_plane) -> Kube:
 
 @pytest.fixture
 def namespace(control_plane, kube, request) -> str:
-    """A namespace of its own for the test (with its default ServiceAccount ready)."""
+    """A namespace of its own for the test (with its default ServiceAccount ready), labelled
+    like k8s/base's: the API server enforces the restricted Pod Security Standard on it."""
     stem = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
     name = f"{stem}-{uuid.uuid4().hex[:5]}"
-    kube.core.create_namespace({"metadata": {"name": name}})
+    kube.core.create_namespace({"metadata": {"name": name, "labels": base_namespace_labels()}})
     controlplane.wait_for_service_account(kube.api, name, time.monotonic() + 60)
     yield name
     kube.core.delete_namespace(name, propagation_policy="Background")
@@ -73,12 +71,5 @@ def launcher(control_plane, namespace) -> Launcher:
 
 @pytest.fixture
 def kubetrain_base(kube, namespace) -> None:
-    """The trainer's and launcher's ServiceAccounts and the launcher's Role and RoleBinding
-    from k8s/base, in the test's namespace (as `kubectl apply -k` would, with kustomize's
-    namespace filled into the RoleBinding's subjects)."""
-    for path in (BASE / "serviceaccounts.yaml", BASE / "launcher-rbac.yaml"):
-        for doc in yaml.safe_load_all(path.read_text()):
-            if doc["kind"] == "RoleBinding":
-                for subject in doc["subjects"]:
-                    subject.setdefault("namespace", namespace)
-            utils.create_from_dict(kube.api, doc, namespace=namespace)
+    """k8s/base's ServiceAccounts and the launcher's Role and RoleBinding in the namespace."""
+    apply_kubetrain_base(kube.api, namespace)

@@ -16,9 +16,13 @@ import argparse
 import logging
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import controlplane
+import yaml
+from cluster_helpers import BASE, apply_kubetrain_base
+from kubernetes import client
 
 
 def up(state_dir: Path, timeout_seconds: float) -> int:
@@ -47,9 +51,21 @@ def up(state_dir: Path, timeout_seconds: float) -> int:
         plane.stop()
         print(f"refusing to run: sockets not on loopback: {exposed}", file=sys.stderr)
         return 1
+    # Ready for the example specs: k8s/base's namespace, ServiceAccounts and launcher Role.
+    base_namespace = yaml.safe_load((BASE / "namespace.yaml").read_text())
+    namespace = base_namespace["metadata"]["name"]
+    try:
+        api = plane.api_client()
+        client.CoreV1Api(api).create_namespace(base_namespace)
+        controlplane.wait_for_service_account(api, namespace, time.monotonic() + 60)
+        apply_kubetrain_base(api, namespace)
+    except BaseException:
+        plane.stop()
+        raise
     ports = ", ".join(str(port) for _, _, port in sorted(listening, key=lambda x: x[2]))
     print(f"cluster up: API server {plane.server}, node {plane.node_name}, listening on "
-          f"127.0.0.1 ports {ports}; logs in {plane.log_dir}", file=sys.stderr)
+          f"127.0.0.1 ports {ports}; namespace {namespace} with k8s/base's ServiceAccounts and "
+          f"launcher Role; logs in {plane.log_dir}", file=sys.stderr)
     print(f"export KUBECONFIG={kubeconfig}")
     return 0
 
