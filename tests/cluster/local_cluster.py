@@ -35,7 +35,7 @@ def up(state_dir: Path, timeout_seconds: float) -> int:
         return 0
     binaries = controlplane.Binaries.default()
     if binaries.missing():
-        print("control-plane binaries missing; run `make cluster-build` first (about 20 min"
+        print("control-plane binaries missing; run `make cluster-build` first (about 10 min"
               " the first time)", file=sys.stderr)
         return 1
     shutil.rmtree(state_dir, ignore_errors=True)  # a stopped cluster's state is not reused
