@@ -12,6 +12,11 @@ from pathlib import Path
 import controlplane
 import yaml
 from kubernetes import client, utils, watch
+from kubernetes.client.rest import ApiException
+
+from jobs.render import render
+from jobs.spec import load_spec
+from trainer.config import parse_overrides
 
 REPO = Path(__file__).resolve().parents[2]
 BASE = REPO / "k8s" / "base"
@@ -117,3 +122,18 @@ def token_kubeconfig(control_plane, kube: Kube, namespace: str, service_account:
     return controlplane.write_kubeconfig(
         path, control_plane.server, control_plane.pki_dir / "ca.crt", token=token,
         namespace=namespace, user=f"system:serviceaccount:{namespace}:{service_account}")
+
+
+def submit_rendered(kube, namespace, output, change) -> str:
+    """Render the kind example (local data and output), let `change(container, job)` edit it,
+    create it with admin rights; returns the Job's name."""
+    overrides = parse_overrides(["data=builtin:digits", f"output={output}", "epochs=1"])
+    spec = load_spec(REPO / "examples" / "kind.yaml", overrides)
+    config_map, job = render(spec, namespace)
+    change(job["spec"]["template"]["spec"]["containers"][0], job)
+    kube.core.create_namespaced_config_map(namespace, config_map)
+    try:
+        kube.batch.create_namespaced_job(namespace, job)
+    except ApiException as exc:
+        raise AssertionError(f"the API server refused the rendered Job: {exc.body}") from None
+    return job["metadata"]["name"]

@@ -8,31 +8,9 @@ container's command or args are changed to produce each exit.
 
 
 import pytest
-from cluster_helpers import REPO, exit_codes, job_pods
-from kubernetes.client.rest import ApiException
-
-from jobs.render import render
-from jobs.spec import load_spec
-from trainer.config import parse_overrides
+from cluster_helpers import exit_codes, job_pods, submit_rendered
 
 pytestmark = pytest.mark.cluster
-
-KIND = REPO / "examples" / "kind.yaml"
-
-
-def submit_rendered(kube, namespace, output, change) -> str:
-    """Render the kind example (local data and output), let `change(container, job)` edit it,
-    create it with admin rights; returns the Job's name."""
-    spec = load_spec(KIND, parse_overrides(["data=builtin:digits", f"output={output}",
-                                            "epochs=1"]))
-    config_map, job = render(spec, namespace)
-    change(job["spec"]["template"]["spec"]["containers"][0], job)
-    kube.core.create_namespaced_config_map(namespace, config_map)
-    try:
-        kube.batch.create_namespaced_job(namespace, job)
-    except ApiException as exc:
-        pytest.fail(f"the API server refused the rendered Job: {exc.body}")
-    return job["metadata"]["name"]
 
 
 def python(code: str) -> list[str]:
