@@ -39,7 +39,8 @@ def test_rewrite_paths(value, expected):
     assert rewrite_paths(value, MOUNTS) == expected
 
 
-def test_pinned_versions_match_the_cache_key():
+def test_pinned_versions_match_the_cache_key(monkeypatch):
+    monkeypatch.delenv("KUBETRAIN_K8S_BIN", raising=False)
     binaries = controlplane.Binaries.default()
     version = controlplane.kubernetes_version()
     assert version.startswith("v1.")
