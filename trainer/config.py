@@ -80,6 +80,7 @@ class TrainConfig:
     max_bad_image_fraction: float = _f(0.01, "corrupt images are skipped; above this share the run fails")
     keep_checkpoints: int = _f(3, "how many epoch checkpoints to keep")
     export: bool = _f(True, "export the trained model under <output>/model/")
+    promote_to: str = _f("", "copy model/ and report/ here only if better than the model already there")
 
     @property
     def builtin(self) -> str | None:
@@ -226,7 +227,7 @@ def _validate(cfg: TrainConfig) -> None:
         need(cfg.builtin in BUILTIN_DATASETS,
              f"unknown built-in dataset {cfg.data!r}; available: "
              + ", ".join(BUILTIN_PREFIX + d for d in BUILTIN_DATASETS))
-    for uri_key in ("data", "output"):
+    for uri_key in ("data", "output", "promote_to"):
         uri = getattr(cfg, uri_key)
         if uri.startswith("gs://"):
             need(len(uri) > len("gs://") and not uri[5:].startswith("/"),
@@ -245,6 +246,9 @@ def _validate(cfg: TrainConfig) -> None:
     need(cfg.steps_per_execution >= 1, "config key 'steps_per_execution': must be >= 1")
     need(0 <= cfg.max_bad_image_fraction <= 1, "config key 'max_bad_image_fraction': must be in [0, 1]")
     need(cfg.keep_checkpoints >= 1, "config key 'keep_checkpoints': must be >= 1")
+    need(not cfg.promote_to or cfg.export, "config key 'promote_to' needs export: true")
+    need(not cfg.promote_to or cfg.promote_to.rstrip("/") != cfg.output.rstrip("/"),
+         "config key 'promote_to' must differ from output")
     a = cfg.augment
     for name in ("rotation", "shift", "zoom"):
         value = getattr(a, name)

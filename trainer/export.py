@@ -64,7 +64,6 @@ def export_model(model, class_names: list[str], image_size: int, model_name: str
     info = {"model": model_name, "image_size": image_size, "channels": 3, "input_range": [0, 255],
             "class_names": list(class_names)}
     (dest / "model_info.json").write_text(json.dumps(info, indent=1))
-    log.info("exported model to %s", dest)
 
 
 def load_for_prediction(model_dir: Path):

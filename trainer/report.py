@@ -209,7 +209,7 @@ def write_report(
     caption = plot_predictions(out_dir / PREDICTIONS_FILE, images, probs, y_true, class_names)
     (out_dir / HTML_FILE).write_text(
         render_html(metrics, config, predictions_caption=caption), encoding="utf-8")
-    log.info("report: wrote %s (test accuracy %.4f)", out_dir / HTML_FILE,
+    log.debug("report: wrote %s (test accuracy %.4f)", out_dir / HTML_FILE,
              metrics["test_accuracy"])
 
 

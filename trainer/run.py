@@ -106,18 +106,41 @@ def run(cfg: TrainConfig, stop) -> dict:
             "output": cfg.output,
         },
     )
-    report_dir = run_dir.staging("report")
+    decision = None
+    if cfg.promote_to:
+        from trainer import promote
+
+        decision = promote.decide(
+            cfg.promote_to, scratch / "promote", metrics["test_accuracy"], list(dataset.class_names),
+            cfg.image_size, lambda current: promote.accuracy_of(current, trainer.eval_batches("test")),
+        )
+        metrics["promotion"] = decision.to_dict()
+        log.info("promotion to %s: %s (%s)", cfg.promote_to, "yes" if decision.promote else "no", decision.reason)
+
     shown = len(test["images"])  # the first test images, in order, for the predictions grid
-    write_report(report_dir, metrics=metrics, images=test["images"], probs=test["probs"][:shown],
-                 y_true=test["labels"][:shown], config=cfg.to_dict())
+
+    def report_into(directory: Path) -> None:
+        write_report(directory, metrics=metrics, images=test["images"], probs=test["probs"][:shown],
+                     y_true=test["labels"][:shown], config=cfg.to_dict())
+
+    def model_into(directory: Path) -> None:
+        from trainer.export import export_model
+
+        export_model(result.model, list(dataset.class_names), cfg.image_size, cfg.model, directory)
+
+    report_dir = run_dir.staging("report")
+    report_into(report_dir)
     run_dir.publish(report_dir, "report")
     log.info("test accuracy %.4f, test loss %.4f; report: %s", metrics["test_accuracy"],
              metrics["test_loss"], run_dir.uri_of("report/report.html"))
 
     if cfg.export:
-        from trainer.export import export_model
-
         model_dir = run_dir.staging("model")
-        export_model(result.model, list(dataset.class_names), cfg.image_size, cfg.model, model_dir)
+        model_into(model_dir)
         run_dir.publish(model_dir, "model")
+        log.info("model: %s", run_dir.uri_of("model/"))
+    if decision is not None and decision.promote:
+        from trainer import promote
+
+        promote.publish(cfg.promote_to, scratch / "promote", model_into, report_into)
     return metrics

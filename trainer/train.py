@@ -182,8 +182,7 @@ class Trainer:
 
     def evaluate(self, split: str, collect: bool = False):
         """Mean loss and accuracy over a split; with ``collect``, also labels, probs and images."""
-        n = len(getattr(self.ds, split))
-        batches = data_lib.make_batches(self.sources[split], n, self.cfg, max(self.global_batch, 256), training=False)
+        batches = self.eval_batches(split)
         loss_sum, labels_all, probs_all, images_all = 0.0, [], [], []
         for images, labels in batches:
             probs, per_example = self._eval_batch(images, labels)
@@ -201,6 +200,11 @@ class Trainer:
             out.update(labels=labels_np, probs=probs_np,
                        images=np.concatenate(images_all)[:64] if images_all else np.zeros((0,)))
         return out
+
+    def eval_batches(self, split: str):
+        """A split's batches for evaluation: in order, not augmented."""
+        return data_lib.make_batches(self.sources[split], len(getattr(self.ds, split)), self.cfg,
+                                     max(self.global_batch, 256), training=False)
 
     def _current_lr(self) -> float:
         lr = self.optimizer.learning_rate
