@@ -57,6 +57,15 @@ class Launcher:
         return proc
 
 
+def local_overrides(spec, directory: Path) -> list[str]:
+    """`--set` flags pointing every storage URI of a spec (data, output, promote_to) at
+    builtin:digits and local directories under `directory`: nothing may reach a bucket."""
+    flags = ["--set", "data=builtin:digits", "--set", f"output={directory / 'runs'}"]
+    if spec.train.promote_to:
+        flags += ["--set", f"promote_to={directory / 'serving'}"]
+    return flags
+
+
 def base_namespace_labels() -> dict[str, str]:
     """The labels of k8s/base's namespace (the restricted Pod Security Standard)."""
     return yaml.safe_load((BASE / "namespace.yaml").read_text())["metadata"]["labels"]

@@ -42,6 +42,7 @@ import time
 import urllib.parse
 from pathlib import Path
 
+import urllib3
 from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 
@@ -667,20 +668,23 @@ class Kubelet:
         self.register_node()
         selector = f"spec.nodeName={self.node_name}"
         while True:
-            pods = self.core.list_pod_for_all_namespaces(field_selector=selector)
-            for pod in pods.items:
-                self.sync(pod, "ADDED")
-            version = pods.metadata.resource_version
             try:
+                pods = self.core.list_pod_for_all_namespaces(field_selector=selector)
+                for pod in pods.items:
+                    self.sync(pod, "ADDED")
                 for event in watch.Watch().stream(
                         self.core.list_pod_for_all_namespaces, field_selector=selector,
-                        resource_version=version, timeout_seconds=300,
+                        resource_version=pods.metadata.resource_version, timeout_seconds=300,
                         allow_watch_bookmarks=True):
                     if event["type"] in ("ADDED", "MODIFIED", "DELETED"):
                         self.sync(event["object"], event["type"])
             except ApiException as exc:
                 if exc.status != 410:  # 410 Gone: history expired, list again
-                    raise
+                    log.warning("pod watch failed (%s), listing again in 1 s", exc.status)
+                    time.sleep(1)
+            except (urllib3.exceptions.HTTPError, OSError) as exc:
+                log.warning("API server unreachable (%s), listing again in 1 s", exc)
+                time.sleep(1)
 
     def sync(self, pod: client.V1Pod, event: str) -> None:
         uid = pod.metadata.uid

@@ -1,5 +1,6 @@
 """The nightly spec's CronJob, triggered once by hand (what `kubectl create job
---from=cronjob/NAME` does), makes a Job that runs the real trainer into its own directory.
+--from=cronjob/NAME` does), makes a Job that runs the real trainer into its own directory and
+promotes its model (the first one always beats an empty serving location).
 
 The schedule itself is minute-grained and far away (02:30 Berlin), so the test does not wait
 for the clock.
@@ -9,7 +10,7 @@ import json
 import uuid
 
 import pytest
-from cluster_helpers import REPO, exit_codes, job_pods
+from cluster_helpers import REPO, exit_codes, job_pods, local_overrides
 
 from jobs.spec import load_spec
 
@@ -43,10 +44,8 @@ def test_nightly_cronjob_triggered_once_runs_a_job(kube, launcher, namespace, ku
     kube.core.create_namespaced_secret(namespace, {  # the platform team's Secret, a placeholder
         "metadata": {"name": spec.storage.secret},
         "stringData": {spec.storage.secret_key: "{}"}})
-    runs = tmp_path / "nightly"
-    out = launcher("submit", str(NIGHTLY), "--set", "data=builtin:digits",
-                   "--set", f"output={runs}", "--set", "model=seed_cnn",
-                   "--set", "image_size=16", "--set", "epochs=1")
+    out = launcher("submit", str(NIGHTLY), *local_overrides(spec, tmp_path),
+                   "--set", "model=seed_cnn", "--set", "image_size=16", "--set", "epochs=1")
     assert f"cronjob.batch/{spec.name} created" in out.stdout
 
     cron = kube.batch.read_namespaced_cron_job(spec.name, namespace)
@@ -58,8 +57,11 @@ def test_nightly_cronjob_triggered_once_runs_a_job(kube, launcher, namespace, ku
     assert f"job {run_name} succeeded" in waited.stdout
     assert exit_codes(job_pods(kube, namespace, run_name)) == [0]
     # Each run writes to <output>/<its Job's name>, from the pod's job-name label.
-    metrics = json.loads((runs / run_name / "report" / "metrics.json").read_text())
+    metrics = json.loads((tmp_path / "runs" / run_name / "report" / "metrics.json").read_text())
     assert metrics["epochs_completed"] == 1
+    if spec.train.promote_to:  # the first run beats "no model there yet": it is promoted
+        assert metrics["promotion"]["promote"] is True
+        assert (tmp_path / "serving" / "model" / "model.keras").exists()
 
     status = launcher("status", spec.name)
     assert f"run {run_name}  Succeeded" in status.stdout

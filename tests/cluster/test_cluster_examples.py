@@ -1,11 +1,11 @@
 """Every example spec, submitted by the launcher, is accepted; its Job's pods are created and
 scheduled (a CronJob is created); `delete` takes the Job, its pods and its ConfigMap away.
 
-Data and output are overridden to local ones: nothing may reach a real bucket from here.
+Data, output and promote_to are overridden to local ones: nothing may reach a bucket from here.
 """
 
 import pytest
-from cluster_helpers import EXAMPLES, NODE_NAME, job_pods, wait_for
+from cluster_helpers import EXAMPLES, NODE_NAME, job_pods, local_overrides, wait_for
 
 from jobs.spec import load_spec
 
@@ -22,8 +22,7 @@ def test_example_is_accepted_scheduled_and_deleted(example, launcher, kube, name
             "metadata": {"name": spec.storage.secret},
             "stringData": {spec.storage.secret_key: "{}"}})
 
-    out = launcher("submit", str(example), "--set", "data=builtin:digits",
-                   "--set", f"output={tmp_path / 'runs'}")
+    out = launcher("submit", str(example), *local_overrides(spec, tmp_path))
     assert f"/{spec.name} created in namespace {namespace}" in out.stdout
 
     if spec.scheduled:
