@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import time
 import uuid
 
@@ -29,9 +30,10 @@ def control_plane(tmp_path_factory):
     binaries = controlplane.Binaries.default()
     missing = binaries.missing()
     if missing:
+        go = "Go found" if shutil.which("go") else "Go not found on PATH"
         message = (
             f"local control plane not built ({', '.join(p.name for p in missing)} missing in "
-            f"{missing[0].parent}); run `make cluster-build` (needs Go >= 1.26)"
+            f"{missing[0].parent}); run `make cluster-build` (needs Go >= 1.26; {go})"
         )
         if os.environ.get("CI") == "true":
             pytest.fail(f"CI=true: {message}", pytrace=False)
