@@ -5,7 +5,7 @@
 #   ${KUBETRAIN_CACHE:-$HOME/.cache/kubetrain}/k8s-<k8s version>_etcd-<etcd version>/bin/
 #
 # Binaries already there are kept, so only the first build on a machine is slow
-# (about 10 min cold on 2 cores, under a second warm; see tests/cluster/README.md).
+# (10-15 min cold on 2 cores, under a second warm; see tests/cluster/README.md).
 # Everything it prints goes to stderr. Needs Go >= 1.26.
 set -euo pipefail
 
