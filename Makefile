@@ -47,7 +47,7 @@ bench-gcs: $(STAMP) ## benchmark parallel vs sequential download of 1,000 small 
 	$(PY) -m bench.gcs_download
 
 .PHONY: cluster-build
-cluster-build: ## build etcd and the Kubernetes control plane from Go modules (cached; ~10 min the first time)
+cluster-build: ## build etcd and the Kubernetes control plane from Go modules (cached; 10-15 min the first time)
 	@bash tests/cluster/build.sh
 
 .PHONY: cluster-up
