@@ -400,6 +400,10 @@ def make_batches(
             ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    # No autotuning: dropping an epoch's iterator then waits for the autotune thread, 1.5-5 s
+    # per epoch on 2 CPU cores (docs/benchmarks.md). AUTOTUNE below falls back to fixed
+    # defaults: map parallelism = cores, a prefetch buffer that grows as needed.
+    options.autotune.enabled = False
     return ds.prefetch(tf.data.AUTOTUNE).with_options(options)
 
 
