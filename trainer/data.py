@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 SPLITS = ("train", "val", "test")
-MEMORY_BUDGET_FRACTION = 0.25  # share of the machine's RAM the decoded cache may take
+MEMORY_BUDGET_FRACTION = 0.25  # share of the pod's memory limit (or RAM) the decoded cache may take
 
 
 @dataclass(frozen=True)
@@ -232,12 +232,28 @@ def _verify_all(files: list[Path], labels: np.ndarray) -> tuple[list[Path], np.n
     return [files[i] for i in ok], labels[ok], len(files) - len(ok)
 
 
-def _fits_in_memory(num_images: int, size: int) -> bool:
+CGROUP_LIMIT_FILES = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
+
+
+def memory_limit_bytes() -> int:
+    """The memory this process may use: the container's cgroup limit if set, else physical RAM."""
     try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        limit = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError):
-        total = 8 << 30
-    return num_images * size * size * 3 <= MEMORY_BUDGET_FRACTION * total
+        limit = 8 << 30
+    for path in CGROUP_LIMIT_FILES:  # cgroup v2, then v1 ("max" or a huge number = no limit)
+        try:
+            raw = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if raw.isdigit():
+            limit = min(limit, int(raw))
+        break
+    return limit
+
+
+def _fits_in_memory(num_images: int, size: int) -> bool:
+    return num_images * size * size * 3 <= MEMORY_BUDGET_FRACTION * memory_limit_bytes()
 
 
 def _check_bad(skipped: int, total: int, cfg: TrainConfig, where: str) -> None:
