@@ -34,6 +34,10 @@ demo: $(STAMP) ## train on the built-in digits dataset (no cluster, no cloud) an
 	$(PY) -m trainer --data builtin:digits --output $(RUN)
 	@echo "report: $(RUN)/report/report.html"
 
+.PHONY: bench
+bench: $(STAMP) ## trainer vs the tutorial's script, side by side (~25 min; BENCH_ARGS=--quick checks the harness in ~3)
+	$(PY) -m bench $(BENCH_ARGS)
+
 .PHONY: test
 test: $(STAMP) $(CHECKOV_STAMP) ## run the whole test suite (starts the GCS emulator and the local control plane it needs)
 	$(PY) -m pytest

@@ -69,6 +69,8 @@ def variants(args) -> dict[str, list[dict]]:
                 ("batch 128", {"batch_size": 128}, {}),
                 ("intra-op 1 thread", {}, {"threads": {"intra": 1}}),
                 ("inter-op 1 thread", {}, {"threads": {"inter": 1}}),
+                ("oneDNN off (Eigen kernels)", {}, {"env": {"TF_ENABLE_ONEDNN_OPTS": "0"}}),
+                ("tf.data autotune on (before the fix)", {}, {"tf_data_autotune": True}),
             ]
         ],
         "pipeline": [
@@ -80,6 +82,9 @@ def variants(args) -> dict[str, list[dict]]:
         "target": [
             {"label": "tutorial recipe: seed CNN 64x64, batch 32", "kind": "tutorial",
              "epochs": 3 if q else 30, "target": common.TARGET_ACCURACY, "train_limit": lim},
+            {"label": "trainer, same recipe: seed_cnn 64x64, batch 32", "kind": "trainer",
+             "epochs": 3 if q else 30, "target": common.TARGET_ACCURACY, "train_limit": lim,
+             "overrides": {**SEED64, "batch_size": 32}},
             {"label": "trainer defaults: resnet_small 16x16, batch 64", "kind": "trainer",
              "epochs": 3 if q else 30, "target": common.TARGET_ACCURACY, "train_limit": lim,
              "overrides": {}},
@@ -90,11 +95,11 @@ def variants(args) -> dict[str, list[dict]]:
 
 def spawn(spec: dict, timeout_seconds: float) -> dict:
     """Run one child; its result plus wall time since spawn and the load average around it."""
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(ROOT))
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(ROOT), **spec.get("env", {}))
     load = os.getloadavg()[0]
     spawned = time.time()
     proc = subprocess.run([sys.executable, "-m", "bench.child", json.dumps(spec)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout_seconds)
+                          capture_output=True, text=True, timeout=timeout_seconds, check=False)
     wall = time.time() - spawned
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH_RESULT ")]
     if proc.returncode != 0 or not lines:
@@ -112,7 +117,7 @@ def machine() -> dict:
     info = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
             "kernel": platform.release(), "python": platform.python_version()}
     try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
+        for line in subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout.splitlines():
             key, _, value = line.partition(":")
             if key.strip() in ("Model name", "Hypervisor vendor", "L3 cache"):
                 info[key.strip().lower().replace(" ", "_")] = value.strip()
@@ -129,7 +134,7 @@ def versions() -> dict:
     code = ("import json, numpy, tensorflow as tf, keras; print(json.dumps({'tensorflow': tf.__version__,"
             " 'keras': keras.__version__, 'numpy': numpy.__version__}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+                         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"), check=False)
     try:
         return json.loads(out.stdout.strip().splitlines()[-1])
     except (IndexError, json.JSONDecodeError):
@@ -137,9 +142,9 @@ def versions() -> dict:
 
 
 def git_commit() -> str:
-    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False)
     dirty = subprocess.run(["git", "status", "--porcelain", "trainer", "bench"], cwd=ROOT,
-                           capture_output=True, text=True).stdout.strip()
+                           capture_output=True, text=True, check=False).stdout.strip()
     return out.stdout.strip() + (" (+ uncommitted changes)" if dirty else "")
 
 
@@ -148,6 +153,8 @@ def parse_args(argv: list[str] | None):
     p.add_argument("--quick", action="store_true", help="1 round, tiny subsets: checks the harness, not speed")
     p.add_argument("--rounds", type=int, default=None, help="rounds of alternating runs (default 5, quick 1)")
     p.add_argument("--target-rounds", type=int, default=None, help="rounds of the time-to-target runs (default 3)")
+    p.add_argument("--device-rounds", type=int, default=2,
+                   help="rounds of the (slow) XLA / bfloat16 runs (default 2)")
     p.add_argument("--epochs", type=int, default=4, help="epochs per throughput run (the first is excluded)")
     p.add_argument("--only", nargs="+", choices=EXPERIMENTS, default=list(DEFAULT_EXPERIMENTS),
                    help=f"experiments to run (default: {' '.join(DEFAULT_EXPERIMENTS)})")
@@ -167,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     exps = variants(args)
     results: dict = {
         "date": started.isoformat(timespec="seconds"),
-        "command": "python -m bench " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": " ".join(["python -m bench", *(sys.argv[1:] if argv is None else argv)]),
         "commit": git_commit(),
         "machine": machine(),
         "versions": versions(),
@@ -195,10 +202,12 @@ def main(argv: list[str] | None = None) -> int:
 
     matmul = {"kind": "matmul", "n": 512 if args.quick else 2048, "seconds": 1.0 if args.quick else 3.0}
     alternating = [n for n in ("throughput", "device", "tuning") if n in exps]
-    for r in range(args.rounds):
+    for r in range(args.rounds if alternating else 0):
         print(f"round {r + 1}/{args.rounds} (load {os.getloadavg()[0]:.2f})", file=sys.stderr)
         results["calibration"].append(dict(spawn(matmul, args.timeout_seconds), round=r))
         for name in alternating:
+            if name == "device" and r >= args.device_rounds:
+                continue
             order = list(range(len(exps[name])))
             for i in order if r % 2 == 0 else order[::-1]:
                 measure(name, i, r)

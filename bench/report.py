@@ -98,11 +98,12 @@ def markdown(results: dict) -> str:
     m = results["machine"]
     v = results.get("versions", {})
     lines = [
-        f"Measured {results['date']} on {m.get('model_name', m.get('cpu'))}, {m.get('cores')} cores"
-        f" ({m.get('hypervisor_vendor', 'bare metal')} VM), {m.get('memory_gb', '?')} GB;"
-        f" TensorFlow {v.get('tensorflow', '?')}, Keras {v.get('keras', '?')}; commit {results.get('commit', '?')}.",
-        f"Command: `{results['command']}`. Figures are median (min-max) over runs; ratios are paired"
-        " within a round.",
+        (f"Measured {results['date']} on {m.get('model_name', m.get('cpu'))}, {m.get('cores')} cores"
+         f" ({m.get('hypervisor_vendor', 'bare metal')} VM), {m.get('memory_gb', '?')} GB;"
+         f" TensorFlow {v.get('tensorflow', '?')}, Keras {v.get('keras', '?')};"
+         f" commit {results.get('commit', '?')}."),
+        (f"Command: `{results['command']}`. Figures are median (min-max) over runs; ratios are paired"
+         " within a round."),
         f"Machine peak (float32 2048x2048 matmul, best of each round): {_fmt(s['matmul_gflops'], 1)} GFLOP/s.",
         "",
     ]
