@@ -39,8 +39,14 @@ bench: $(STAMP) ## trainer vs the tutorial's script, side by side (~25 min; BENC
 	$(PY) -m bench $(BENCH_ARGS)
 
 .PHONY: test
-test: $(STAMP) $(CHECKOV_STAMP) ## run the whole test suite (starts the GCS emulator and the local control plane it needs)
+test: $(STAMP) $(CHECKOV_STAMP) test-services ## run the whole test suite (starts the GCS emulator and the local control plane it needs)
 	$(PY) -m pytest
+
+.PHONY: test-services
+test-services: ## build the test control plane from Go modules when Go is here (cached; CI requires it)
+	@if command -v go >/dev/null 2>&1; then bash tests/cluster/build.sh; \
+	elif [ "$${CI:-}" = true ]; then echo "go not found: CI needs it to build the test control plane" >&2; exit 1; \
+	else echo "go not found: the control-plane tests (tests/cluster) will be skipped" >&2; fi
 
 .PHONY: lint
 lint: $(STAMP) ## ruff on the Python code
