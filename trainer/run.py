@@ -138,7 +138,7 @@ def run(cfg: TrainConfig, stop) -> dict:
         model_dir = run_dir.staging("model")
         model_into(model_dir)
         run_dir.publish(model_dir, "model")
-        log.info("model: %s", run_dir.uri_of("model/"))
+        log.info("model: %s", run_dir.uri_of("model"))
     if decision is not None and decision.promote:
         from trainer import promote
 
