@@ -8,7 +8,7 @@ failure surfaces as one of a few exceptions:
 
     NotFound     the object (or namespace) does not exist
     Conflict     it already exists, or changed under us
-    Forbidden    RBAC said no (the launcher's Role is in k8s/base/role.yaml)
+    Forbidden    RBAC said no (the launcher's Role is in k8s/base/launcher-rbac.yaml)
     Gone         a watch's resourceVersion is too old: list again
     ClusterError anything else (unreachable, bad kubeconfig, server error)
 """
@@ -64,7 +64,7 @@ def _translate(exc: Exception, what: str) -> ClusterError:
             return Conflict(f"{what}: {message}")
         if exc.status == 403:
             return Forbidden(f"{what}: forbidden: {message} (the launcher needs the Role in "
-                             "k8s/base/role.yaml)")
+                             "k8s/base/launcher-rbac.yaml)")
         if exc.status == 410:
             return Gone(f"{what}: {message}")
         if exc.status == 401:
