@@ -93,10 +93,22 @@ def variants(args) -> dict[str, list[dict]]:
     return {k: v for k, v in out.items() if k in args.only}
 
 
+def busy_cpu_seconds() -> float | None:
+    """CPU seconds the whole machine has spent busy since boot (/proc/stat), None if unknown."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except OSError:
+        return None
+    ticks = [int(f) for f in fields]
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
+    return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 def spawn(spec: dict, timeout_seconds: float) -> dict:
     """Run one child; its result plus wall time since spawn and the load average around it."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(ROOT), **spec.get("env", {}))
     load = os.getloadavg()[0]
+    busy_before = busy_cpu_seconds()
     spawned = time.time()
     proc = subprocess.run([sys.executable, "-m", "bench.child", json.dumps(spec)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout_seconds, check=False)
@@ -110,6 +122,9 @@ def spawn(spec: dict, timeout_seconds: float) -> dict:
     if result.get("reached_at") is not None:
         result["seconds_to_target"] = result["reached_at"] - spawned
     result.update(wall_seconds=wall, load_before=load, load_after=os.getloadavg()[0])
+    busy_after = busy_cpu_seconds()
+    if busy_before is not None and busy_after is not None:  # what everything else on the machine used
+        result["other_cpu_cores"] = max(0.0, busy_after - busy_before - result["process_cpu_seconds"]) / wall
     return result
 
 

@@ -74,6 +74,9 @@ def summarize(results: dict) -> dict:
                 "ratio_vs_baseline": summary(paired),
                 "cpu_ms_per_image": summary([f["cpu_ms_per_image"] for f in figs]),
                 "peak_rss_mb": summary([f["peak_rss_mb"] for f in figs]),
+                "cores_busy": summary([f["images_per_second"] * f["cpu_ms_per_image"] / 1000.0
+                                       for f in figs if f["images_per_second"]]),
+                "other_cpu_cores": summary([r.get("other_cpu_cores") for r in e["runs"]]),
                 "train_images": e["runs"][0]["epochs"][0]["images"] if e["runs"] else None,
             }
             if _is_seed64(e["spec"]) and peak_flops:
@@ -93,8 +96,12 @@ def _fmt(s: dict, digits: int = 0, pct: bool = False) -> str:
     return f"{f(s['median'])} ({f(s['min'])}-{f(s['max'])})"
 
 
+def _all_runs(results: dict) -> list[dict]:
+    return [r for es in results["experiments"].values() for e in es for r in e["runs"]]
+
+
 def markdown(results: dict) -> str:
-    s = results.get("summary") or summarize(results)
+    s = summarize(results)
     m = results["machine"]
     v = results.get("versions", {})
     lines = [
@@ -104,7 +111,10 @@ def markdown(results: dict) -> str:
          f" commit {results.get('commit', '?')}."),
         (f"Command: `{results['command']}`. Figures are median (min-max) over runs; ratios are paired"
          " within a round."),
-        f"Machine peak (float32 2048x2048 matmul, best of each round): {_fmt(s['matmul_gflops'], 1)} GFLOP/s.",
+        (f"Machine peak (float32 2048x2048 matmul, best of each round): {_fmt(s['matmul_gflops'], 1)}"
+         f" GFLOP/s. Other processes' CPU use during each run:"
+         f" {_fmt(summary([r.get('other_cpu_cores') for r in _all_runs(results)]), 2)} cores"
+         f" (1-minute load average before each: {_fmt(summary([r.get('load_before') for r in _all_runs(results)]), 1)})."),
         "",
     ]
     titles = {
@@ -117,12 +127,14 @@ def markdown(results: dict) -> str:
             continue
         rows = s[name]
         lines += [f"**{titles[name]}** ({rows[0]['train_images']} training images per epoch)", "",
-                  "| variant | images/s | ratio | CPU ms/image | % of peak | peak RSS MB |",
-                  "|---|---|---|---|---|---|"]
+                  ("| variant | images/s | ratio | CPU ms/image | cores busy | % of peak | peak RSS MB"
+                   " | others' CPU (cores) |"),
+                  "|---|---|---|---|---|---|---|---|"]
         for r in rows:
             lines.append(f"| {r['label']} | {_fmt(r['images_per_second'])} | {_fmt(r['ratio_vs_baseline'], 2)}"
-                         f" | {_fmt(r['cpu_ms_per_image'], 2)} | {_fmt(r.get('percent_of_peak'), 1)}"
-                         f" | {_fmt(r['peak_rss_mb'])} |")
+                         f" | {_fmt(r['cpu_ms_per_image'], 2)} | {_fmt(r.get('cores_busy'), 2)}"
+                         f" | {_fmt(r.get('percent_of_peak'), 1)} | {_fmt(r['peak_rss_mb'])}"
+                         f" | {_fmt(r.get('other_cpu_cores'), 2)} |")
         lines.append("")
     if "pipeline" in s:
         lines += ["**Input pipeline: the trainer's tf.data pipeline vs the same batches already in memory**", "",
