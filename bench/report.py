@@ -10,6 +10,7 @@ from pathlib import Path
 from bench.common import SEED_CNN_TRAIN_FLOPS, summary
 
 BASELINE_INDEX = {"throughput": 0, "device": 0, "tuning": 1}
+QUIET_CORES = 0.25  # a round is "quiet" when no run in it shared the machine with more than this
 
 
 def run_figures(run: dict) -> dict:
@@ -63,15 +64,23 @@ def summarize(results: dict) -> dict:
             continue
         base = entries[BASELINE_INDEX.get(name, 0)]
         base_by_round = {r["round"]: run_figures(r)["images_per_second"] for r in base["runs"]}
+        # Rounds in which another process took CPU during some run: paired ratios mean little there.
+        noisy = {r["round"] for e in entries for r in e["runs"]
+                 if (r.get("other_cpu_cores") or 0.0) > QUIET_CORES}
         for e in entries:
             figs = [run_figures(r) for r in e["runs"]]
             ips = [f["images_per_second"] for f in figs]
             paired = [f["images_per_second"] / base_by_round[r["round"]]
                       for f, r in zip(figs, e["runs"]) if base_by_round.get(r["round"])]
+            paired_quiet = [f["images_per_second"] / base_by_round[r["round"]]
+                            for f, r in zip(figs, e["runs"])
+                            if base_by_round.get(r["round"]) and r["round"] not in noisy
+                            and r.get("other_cpu_cores") is not None]  # older files: unknown
             row = {
                 "label": e["label"],
                 "images_per_second": summary(ips),
                 "ratio_vs_baseline": summary(paired),
+                "ratio_quiet_rounds": summary(paired_quiet),
                 "cpu_ms_per_image": summary([f["cpu_ms_per_image"] for f in figs]),
                 "peak_rss_mb": summary([f["peak_rss_mb"] for f in figs]),
                 "cores_busy": summary([f["images_per_second"] * f["cpu_ms_per_image"] / 1000.0
@@ -112,7 +121,8 @@ def markdown(results: dict) -> str:
         (f"Command: `{results['command']}`. Figures are median (min-max) over runs; ratios are paired"
          " within a round."),
         (f"Machine peak (float32 2048x2048 matmul, best of each round): {_fmt(s['matmul_gflops'], 1)}"
-         f" GFLOP/s. Other processes' CPU use during each run:"
+         f" GFLOP/s. Quiet rounds [n]: no run in the round shared the machine with more than"
+        f" {QUIET_CORES} cores of other processes. Other processes' CPU use during each run:"
          f" {_fmt(summary([r.get('other_cpu_cores') for r in _all_runs(results)]), 2)} cores"
          f" (1-minute load average before each: {_fmt(summary([r.get('load_before') for r in _all_runs(results)]), 1)})."),
         "",
@@ -127,11 +137,14 @@ def markdown(results: dict) -> str:
             continue
         rows = s[name]
         lines += [f"**{titles[name]}** ({rows[0]['train_images']} training images per epoch)", "",
-                  ("| variant | images/s | ratio | CPU ms/image | cores busy | % of peak | peak RSS MB"
-                   " | others' CPU (cores) |"),
-                  "|---|---|---|---|---|---|---|---|"]
+                  ("| variant | images/s | ratio | ratio, quiet rounds | CPU ms/image | cores busy | % of peak"
+                   " | peak RSS MB | others' CPU (cores) |"),
+                  "|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
+            quiet = r["ratio_quiet_rounds"]
+            rounds = f" [{quiet['n']}]" if quiet["n"] else ""
             lines.append(f"| {r['label']} | {_fmt(r['images_per_second'])} | {_fmt(r['ratio_vs_baseline'], 2)}"
+                         f" | {_fmt(quiet, 2)}{rounds}"
                          f" | {_fmt(r['cpu_ms_per_image'], 2)} | {_fmt(r.get('cores_busy'), 2)}"
                          f" | {_fmt(r.get('percent_of_peak'), 1)} | {_fmt(r['peak_rss_mb'])}"
                          f" | {_fmt(r.get('other_cpu_cores'), 2)} |")
