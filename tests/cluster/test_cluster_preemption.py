@@ -5,10 +5,12 @@ backoffLimit 0 the Job starts a new pod, which resumes from the checkpoint and f
 """
 
 import json
+import time
 
 import pytest
 from cluster_helpers import job_pods, submit_rendered, wait_for
 from kubernetes import client, watch
+from kubernetes.client.exceptions import ApiException
 
 pytestmark = pytest.mark.cluster
 
@@ -16,13 +18,25 @@ EPOCHS = 4
 
 
 def first_log_line_with(kube, namespace: str, pod: str, text: str, timeout_seconds: int) -> str:
-    stream = watch.Watch().stream(kube.core.read_namespaced_pod_log, name=pod,
-                                  namespace=namespace, container="trainer", follow=True,
-                                  _request_timeout=timeout_seconds)
-    for line in stream:
-        if text in line:
-            stream.close()
-            return line
+    """Follow the pod's log until a line contains ``text``. A 404 while the test kubelet is
+    still registering the container's log (it reports Running first) is retried until the
+    deadline."""
+    deadline = time.monotonic() + timeout_seconds
+    while time.monotonic() < deadline:
+        stream = watch.Watch().stream(kube.core.read_namespaced_pod_log, name=pod,
+                                      namespace=namespace, container="trainer", follow=True,
+                                      _request_timeout=max(1.0, deadline - time.monotonic()))
+        try:
+            for line in stream:
+                if text in line:
+                    stream.close()
+                    return line
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            time.sleep(0.5)
+            continue
+        break
     raise AssertionError(f"pod {pod} never logged {text!r}")
 
 
