@@ -189,6 +189,12 @@ def discover(root: Path) -> tuple[tuple[str, ...], dict[str, tuple[list[Path], n
     return class_names, found
 
 
+def _parallel_map(fn, items: list) -> list:
+    """``[fn(x) for x in items]`` on a thread pool (image I/O and PIL decoding release the GIL)."""
+    with ThreadPoolExecutor(max_workers=min(32, (os.cpu_count() or 1) * 4)) as pool:
+        return list(pool.map(fn, items))
+
+
 def _decode_one(path: Path, size: int) -> np.ndarray | None:
     """Decode and resize one image to [size, size, 3] uint8; None if it cannot be read."""
     from PIL import Image, UnidentifiedImageError
@@ -205,8 +211,7 @@ def _decode_one(path: Path, size: int) -> np.ndarray | None:
 
 def _decode_all(files: list[Path], labels: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, int]:
     """Decode in a thread pool (PIL releases the GIL); returns images, labels, number skipped."""
-    with ThreadPoolExecutor(max_workers=min(32, (os.cpu_count() or 1) * 4)) as pool:
-        decoded = list(pool.map(lambda p: _decode_one(p, size), files))
+    decoded = _parallel_map(lambda p: _decode_one(p, size), files)
     ok = [i for i, img in enumerate(decoded) if img is not None]
     images = np.stack([decoded[i] for i in ok]) if ok else np.zeros((0, size, size, 3), np.uint8)
     return images, labels[ok], len(files) - len(ok)
@@ -226,8 +231,7 @@ def _verify_one(path: Path) -> bool:
 
 def _verify_all(files: list[Path], labels: np.ndarray) -> tuple[list[Path], np.ndarray, int]:
     """Check every file's header and structure without a full decode (the streaming path)."""
-    with ThreadPoolExecutor(max_workers=min(32, (os.cpu_count() or 1) * 4)) as pool:
-        good = list(pool.map(_verify_one, files))
+    good = _parallel_map(_verify_one, files)
     ok = [i for i, g in enumerate(good) if g]
     return [files[i] for i in ok], labels[ok], len(files) - len(ok)
 

@@ -18,7 +18,7 @@ import math
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -55,7 +55,6 @@ class FitResult:
     resumed_from: tuple[int, int] | None
     train_seconds: float
     images_per_second: float  # median over epochs after the first (tracing) epoch
-    extra: dict = field(default_factory=dict)
 
 
 def make_optimizer(cfg: TrainConfig, total_steps: int):
