@@ -13,9 +13,11 @@ from collections.abc import Sequence
 
 from jobs.spec import SpecError, load_spec
 from trainer.config import parse_overrides
-from trainer.errors import ConfigError
+from trainer.errors import EXIT_CONFIG, EXIT_INTERRUPTED, EXIT_OK, EXIT_UNEXPECTED, ConfigError
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+# The launcher's exit codes are rows of the trainer's table (trainer/errors.py).
+EXIT_FAILED = EXIT_UNEXPECTED  # the cluster said no, or the Job failed
+EXIT_USAGE = EXIT_CONFIG  # a bad spec or bad usage: nothing was sent
 
 EPILOG = """\
 examples:
@@ -160,7 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except BrokenPipeError:  # `python -m jobs logs NAME | head`
         sys.stderr.close()
         return EXIT_OK

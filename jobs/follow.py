@@ -14,18 +14,10 @@ from dataclasses import dataclass
 
 from jobs.cluster import Cluster, Gone, NotFound
 from jobs.render import CONTAINER, JOB_NAME_LABEL, MANAGED_BY
-from trainer.errors import EXIT_CONFIG, EXIT_DATA, EXIT_OK, EXIT_PREEMPTED, EXIT_UNEXPECTED
+from trainer.errors import exit_code
 
 WINDOW_SECONDS = 10  # how long one watch runs before the loop looks at the pods again
 
-EXIT_MEANINGS = {
-    EXIT_OK: "success",
-    EXIT_UNEXPECTED: "unexpected error: retried up to backoffLimit",
-    EXIT_CONFIG: "bad configuration: not retried, fix the spec's train: section",
-    EXIT_DATA: "bad or missing data: not retried, fix the dataset",
-    EXIT_PREEMPTED: "stopped by SIGTERM after saving a checkpoint: retried, not counted",
-    137: "killed (SIGKILL): out of memory or the grace period ran out",
-}
 # Container waiting reasons that do not fix themselves.
 STUCK_REASONS = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError",
                  "CreateContainerError", "RunContainerError")
@@ -131,13 +123,15 @@ def create_problem(events: list[dict]) -> tuple[str, str, dt.datetime | None] | 
 
 
 def exit_summary(pod: dict) -> str:
-    """'exit 2 (bad configuration: ...)' for a terminated trainer container, else ''."""
+    """'exit 2 (bad configuration: ...)' for a terminated trainer container, else ''.
+
+    The meaning comes from the trainer's exit-code table (``trainer/errors.py``)."""
     term = (_container_status(pod).get("state") or {}).get("terminated") or {}
     if not term:
         return ""
     code = term.get("exitCode")
     meaning = "out of memory: raise 'memory' in the spec" if term.get("reason") == "OOMKilled" \
-        else EXIT_MEANINGS.get(code, "unexpected error: retried up to backoffLimit")
+        else exit_code(code).explain()
     return f"exit {code} ({meaning})"
 
 

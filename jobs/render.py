@@ -7,7 +7,8 @@ and the golden tests in ``tests/golden/`` pin every field. One spec renders to
 * a batch/v1 Job, or, when the spec has a ``schedule``, a batch/v1 CronJob whose runs each
   write to their own output directory ``<train.output>/<job name>``.
 
-How the trainer's exit codes (``trainer/errors.py``) become the Job's ``podFailurePolicy``:
+How the trainer's exit codes become the Job's ``podFailurePolicy``, generated from the
+``job_action`` column of the exit-code table in ``trainer/errors.py``:
 
     exit 2 (config), 3 (data)         FailJob   never retried: retrying cannot help
     exit 143 (SIGTERM, checkpointed)  Ignore    retried without spending backoffLimit
@@ -26,7 +27,7 @@ from typing import Any
 import yaml
 
 from jobs.spec import JobSpec
-from trainer.errors import EXIT_CONFIG, EXIT_DATA, EXIT_PREEMPTED
+from trainer.errors import FAIL_JOB, IGNORE, codes_with_action
 
 TOOL = "kubetrain"
 CONTAINER = "trainer"
@@ -42,9 +43,6 @@ SPEC_HASH_ANNOTATION = "kubetrain/spec-hash"
 MANAGED_BY = {"app.kubernetes.io/managed-by": TOOL}
 # GKE schedules pods that use Workload Identity only on nodes running the metadata server.
 WORKLOAD_IDENTITY_NODE_SELECTOR = {"iam.gke.io/gke-metadata-server-enabled": "true"}
-
-FAIL_JOB_EXIT_CODES = [EXIT_CONFIG, EXIT_DATA]
-IGNORE_EXIT_CODES = [EXIT_PREEMPTED]
 
 
 def labels(spec: JobSpec) -> dict[str, str]:
@@ -76,15 +74,17 @@ def config_map(spec: JobSpec, namespace: str = "") -> dict:
     }
 
 
+def _exit_code_rule(action: str) -> dict:
+    values = codes_with_action(action)
+    return {"action": action, "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": values}}
+
+
 def pod_failure_policy() -> dict:
     """The trainer's exit codes as Job rules (see the module docstring)."""
     return {
         "rules": [
-            {"action": "FailJob",
-             "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": FAIL_JOB_EXIT_CODES}},
-            {"action": "Ignore",
-             "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": IGNORE_EXIT_CODES}},
-            {"action": "Ignore",
+            *(_exit_code_rule(action) for action in (FAIL_JOB, IGNORE)),
+            {"action": IGNORE,
              "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
         ]
     }

@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import sys
+import textwrap
 from pathlib import Path
 
 from trainer import errors
@@ -32,8 +33,7 @@ output: config.yaml, checkpoints/, model/ (model.keras, saved_model/, class_name
 report/ (metrics.json, learning_curves.png, confusion_matrix.png, predictions.png, report.html).
 Run again with the same --output to resume from the last checkpoint.
 
-exit codes: 0 ok | 1 unexpected error | 2 bad config/usage | 3 bad/missing data |
-143 SIGTERM (checkpoint saved; run again to resume)
+exit codes: {exit_codes}
 
 examples:
   python -m trainer --data builtin:digits --output runs/digits
@@ -46,6 +46,11 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # usage errors exit 2 with one line, like config errors
         self.print_usage(sys.stderr)
         self.exit(errors.EXIT_CONFIG, f"error: {message}\n")
+
+
+def _exit_codes_help() -> str:
+    text = " | ".join(f"{row.code} {row.meaning}" for row in errors.EXIT_CODES if row.label)
+    return textwrap.fill(text, width=90, subsequent_indent="  ")
 
 
 def _keys_help() -> str:
@@ -62,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m trainer",
         description="Train an image classifier, evaluate it and write a report.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=EPILOG.format(keys=_keys_help()),
+        epilog=EPILOG.format(keys=_keys_help(), exit_codes=_exit_codes_help()),
     )
     p.add_argument("--data", help="builtin:digits, a local directory, or gs://bucket/prefix")
     p.add_argument("--output", help="run directory: local path or gs://bucket/prefix")
@@ -162,12 +167,11 @@ def main(argv: list[str] | None = None) -> int:
         return _train(argv)
     except errors.TrainerError as exc:
         line = " ".join(str(exc).split())
-        kind = {2: "configuration error", 3: "data error", 143: "preempted"}.get(exc.exit_code, "error")
-        print(f"{kind}: {line}", file=sys.stderr)
+        print(f"{errors.exit_code(exc.exit_code).label}: {line}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+        print(errors.exit_code(errors.EXIT_INTERRUPTED).label, file=sys.stderr)
+        return errors.EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -12,15 +12,15 @@ it to validate a job spec's ``train:`` section without a heavy import.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 import yaml
 
 from trainer.errors import ConfigError
+from trainer.schema import check_keys, doc_field
 
 BUILTIN_PREFIX = "builtin:"
 BUILTIN_DATASETS = ("digits",)
@@ -34,12 +34,7 @@ SWITCHES = ("auto", "on", "off")
 CACHES = ("auto", "memory", "disk", "none")
 
 
-def _f(default: Any, help: str, choices: tuple[str, ...] | None = None, **kw: Any) -> Any:
-    """A dataclass field carrying its help text and valid choices (used by --help and errors)."""
-    meta = {"help": help, "choices": choices}
-    if callable(default) and not isinstance(default, (str, int, float, bool)):
-        return field(default_factory=default, metadata=meta, **kw)
-    return field(default=default, metadata=meta, **kw)
+_f = doc_field  # a field with its default, help text and choices (used by --help and errors)
 
 
 @dataclass(frozen=True)
@@ -94,12 +89,6 @@ class TrainConfig:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
-def _did_you_mean(key: str, valid: list[str]) -> str:
-    close = difflib.get_close_matches(key, valid, n=1)
-    hint = f"did you mean {close[0]!r}? " if close else ""
-    return f"{hint}valid keys: {', '.join(valid)}"
-
-
 def _coerce(name: str, value: Any, typ: str, choices: tuple[str, ...] | None) -> Any:
     """Convert one YAML/CLI value to the field's type, or raise ConfigError naming the key."""
     if value is None and "None" in typ:
@@ -138,9 +127,7 @@ def _build(cls: type, values: Mapping[str, Any], prefix: str = "") -> Any:
     if not isinstance(values, Mapping):
         raise ConfigError(f"config section {prefix.rstrip('.') or '<top>'!r} must be a mapping")
     known = {f.name: f for f in fields(cls)}
-    for key in values:
-        if key not in known:
-            raise ConfigError(f"unknown config key {prefix + str(key)!r}; {_did_you_mean(str(key), list(known))}")
+    check_keys(values, known, prefix, what="config key")
     kwargs = {}
     for name, value in values.items():
         f = known[name]
@@ -151,11 +138,12 @@ def _build(cls: type, values: Mapping[str, Any], prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
-def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+def merge_values(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """``override`` laid over ``base``, nested mappings merged key by key."""
     out = dict(base)
     for key, value in override.items():
         if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = _merge(dict(out[key]), value)
+            out[key] = merge_values(out[key], value)
         else:
             out[key] = value
     return out
@@ -260,7 +248,7 @@ def load_config(
     overrides: Mapping[str, Any] | None = None,
 ) -> TrainConfig:
     """Defaults -> file values -> overrides -> per-dataset defaults -> validated, frozen config."""
-    merged = _merge(_merge({}, file_values or {}), overrides or {})
+    merged = merge_values(file_values or {}, overrides or {})
     cfg = _build(TrainConfig, merged)
     _validate(cfg)
     return _resolve(cfg)
