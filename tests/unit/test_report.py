@@ -1,4 +1,4 @@
-"""Unit tests for trainer/report.py: metrics by hand, and every report file on realistic cases."""
+"""Unit tests for trainer/report/: metrics by hand, and every report file on realistic cases."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from trainer import report
-from trainer.report import build_metrics, pick_examples, write_report
+from trainer.report import build_metrics, pick_examples, plots, write_report
 
 PNGS = (report.CURVES_FILE, report.CONFUSION_FILE, report.CONFUSION_NORMALIZED_FILE,
         report.PREDICTIONS_FILE)
@@ -268,14 +268,14 @@ def test_matplotlib_dirs_probe(tmp_path: Path, monkeypatch, env, writable):
     (tmp_path / "a-file").write_text("not a directory")
     for key, value in env.items():
         monkeypatch.setenv(key, value.format(tmp=tmp_path))
-    assert report._default_mpl_dirs_writable() is writable
+    assert plots._default_mpl_dirs_writable() is writable
 
 
 def test_unwritable_home_gets_a_temporary_matplotlib_dir(tmp_path: Path):
     (tmp_path / "a-file").write_text("not a directory")
     env = {k: v for k, v in os.environ.items() if k != "MPLCONFIGDIR"}
     env.update(XDG_CONFIG_HOME=str(tmp_path / "a-file" / "cfg"), TMPDIR=str(tmp_path))
-    code = ("import os, trainer.report as r; r._matplotlib(); "
+    code = ("import os, trainer.report.plots as r; r._matplotlib(); "
             "print(os.environ['MPLCONFIGDIR'])")
     out = subprocess.run([sys.executable, "-c", code], check=True, env=env, capture_output=True,
                          text=True, cwd=Path(__file__).resolve().parents[2])
