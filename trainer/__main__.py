@@ -27,7 +27,8 @@ config keys (YAML file via --config, or --set KEY=VALUE; flags above win over bo
 {keys}
 
 data layout: one subfolder per class (JPEG/PNG/BMP/GIF), optionally inside train/ val/ test/;
-missing splits are carved out of train/ (stratified, seeded).
+missing splits are carved out of train/ by a seeded hash of each file's path (a file's split
+never depends on the other files: new images never move an old test image into train).
 
 output: config.yaml, checkpoints/, model/ (model.keras, saved_model/, class_names.json),
 report/ (metrics.json, learning_curves.png, confusion_matrix.png, predictions.png, report.html).

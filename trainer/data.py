@@ -4,7 +4,8 @@ A dataset is either built in (``builtin:digits``: scikit-learn's 8x8 handwritten
 data that ships with a dependency, no download) or a directory with one subfolder per class,
 optionally split into ``train/``, ``val/`` and ``test/`` subfolders, each holding the same class
 subfolders (Keras ``image_dataset_from_directory`` layout). Missing splits are carved out of the
-training images by a deterministic stratified split.
+training images by a seeded hash of each file's relative path (``assign_splits``): a file's
+split never depends on the other files, so a growing dataset keeps its test images in test.
 
 Images are decoded once, in parallel, resized to ``image_size`` and kept in memory as ``uint8``
 when they fit (``cache: auto``); a corrupt or unreadable file is skipped and counted, and the
@@ -14,6 +15,7 @@ the exported model takes raw pixels. Larger datasets are streamed from disk by `
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -100,38 +102,64 @@ def export_builtin(name: str, dest: Path) -> int:
 # Splits
 
 
-def stratified_split(
-    labels: np.ndarray, fraction: float, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (keep, take) with ``fraction`` of every class in ``take``; deterministic in ``seed``."""
-    rng = np.random.default_rng(seed)
-    keep, take = [], []
+def split_position(key: str, seed: int) -> float:
+    """Where ``key`` (a file's path relative to its split root) falls in [0, 1): a seeded hash.
+
+    A pure function of the name and the seed: nothing else in the dataset moves it.
+    """
+    digest = hashlib.blake2b(f"{seed}:{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2.0**64
+
+
+def assign_splits(
+    keys: list[str], labels: np.ndarray, cfg: TrainConfig, have_val: bool, have_test: bool
+) -> np.ndarray:
+    """The split of every file carved out of the training folder: an array of "train"/"val"/"test".
+
+    A file lands in test when its ``split_position`` is below ``test_fraction``, in val when it
+    is below ``test_fraction + val_fraction``, else in train (a split that has its own folder
+    takes nothing: its band stays in train). So a file's split depends only on its relative
+    path and the seed, never on how many other files there are: adding images never moves an
+    existing test image into train, and nightly models stay comparable on their test split.
+
+    Shares per class are the fractions in expectation, not exactly (a class of n images has no
+    test image with probability ``(1 - test_fraction)**n``). Two guarantees of the previous
+    stratified split are kept without breaking that rule:
+
+    * a class whose files all hash out of train gets its highest-hashed file back in train;
+    * a class of 3 or more files with no test file gets its lowest-hashed val file as test
+      (moved from val, never from train).
+
+    Either only happens to a class with no file in the band it lacks, and undoes itself (back
+    to val or test, never from test to train) once one arrives.
+    """
+    pos = np.array([split_position(k, cfg.seed) for k in keys], np.float64)
+    out = np.full(len(keys), "train", dtype=object)
+    if not have_val:
+        out[(pos >= cfg.test_fraction) & (pos < cfg.test_fraction + cfg.val_fraction)] = "val"
+    if not have_test:
+        out[pos < cfg.test_fraction] = "test"
     for cls in np.unique(labels):
         idx = np.flatnonzero(labels == cls)
-        rng.shuffle(idx)
-        n_take = round(len(idx) * fraction)
-        if fraction > 0 and len(idx) >= 3:
-            n_take = max(1, n_take)
-        n_take = min(n_take, len(idx) - 1)  # never empty a class in the kept part
-        take.append(idx[:n_take])
-        keep.append(idx[n_take:])
-    return np.sort(np.concatenate(keep)), np.sort(np.concatenate(take))
+        if not np.any(out[idx] == "train"):
+            out[idx[np.argmax(pos[idx])]] = "train"
+        if not have_test and len(idx) >= 3 and not np.any(out[idx] == "test"):
+            val = idx[out[idx] == "val"]
+            if len(val):
+                out[val[np.argmin(pos[val])]] = "test"
+    return out
 
 
-def _split_arrays(
-    labels: np.ndarray, cfg: TrainConfig, have_val: bool, have_test: bool
+def _carve(
+    keys: list[str], labels: np.ndarray, cfg: TrainConfig, have_val: bool, have_test: bool
 ) -> dict[str, np.ndarray]:
-    """Index arrays for the splits carved out of ``labels`` (test first, then val)."""
-    rest = np.arange(len(labels))
-    out = {}
-    if not have_test:
-        keep, take = stratified_split(labels, cfg.test_fraction, cfg.seed)
-        out["test"], rest = take, keep
+    """Index arrays of the splits carved out of the training folder (see ``assign_splits``)."""
+    where = assign_splits(keys, labels, cfg, have_val, have_test)
+    out = {"train": np.flatnonzero(where == "train")}
     if not have_val:
-        frac = cfg.val_fraction / max(1e-9, 1 - (0 if have_test else cfg.test_fraction))
-        keep, take = stratified_split(labels[rest], frac, cfg.seed + 1)
-        out["val"], rest = rest[take], rest[keep]
-    out["train"] = rest
+        out["val"] = np.flatnonzero(where == "val")
+    if not have_test:
+        out["test"] = np.flatnonzero(where == "test")
     return out
 
 
@@ -268,8 +296,21 @@ def _check_bad(skipped: int, total: int, cfg: TrainConfig, where: str) -> None:
         )
 
 
-def load_directory(root: Path, cfg: TrainConfig) -> Dataset:
+def split_files(root: Path, cfg: TrainConfig) -> tuple[tuple[str, ...], dict[str, tuple[list[Path], np.ndarray]]]:
+    """Class names and every split's (files, labels): the folders on disk, plus the splits they
+    lack carved out of ``train`` by ``assign_splits`` on each file's path relative to the
+    training root (``cat/1.jpg``), before any image is read."""
     class_names, found = discover(root)
+    files, labels = found["train"]
+    base = root / "train" if (root / "train").is_dir() else root  # as discover() decides
+    keys = [p.relative_to(base).as_posix() for p in files]
+    for name, idx in _carve(keys, labels, cfg, "val" in found, "test" in found).items():
+        found[name] = ([files[i] for i in idx], labels[idx])
+    return class_names, found
+
+
+def load_directory(root: Path, cfg: TrainConfig) -> Dataset:
+    class_names, found = split_files(root, cfg)
     size = cfg.image_size
     total_files = sum(len(f) for f, _ in found.values())
     in_memory = cfg.cache == "memory" or (cfg.cache == "auto" and _fits_in_memory(total_files, size))
@@ -287,15 +328,6 @@ def load_directory(root: Path, cfg: TrainConfig) -> Dataset:
     _check_bad(skipped, total_files, cfg, str(root))
     if skipped:
         log.warning("skipped %d unreadable image(s) of %d", skipped, total_files)
-
-    carve = _split_arrays(splits["train"].labels, cfg, "val" in splits, "test" in splits)
-    train = splits["train"]
-    for name, idx in carve.items():
-        splits[name] = Split(
-            labels=train.labels[idx],
-            images=None if train.images is None else train.images[idx],
-            paths=None if train.paths is None else tuple(train.paths[i] for i in idx),
-        )
     for name in SPLITS:
         if len(splits[name]) == 0:
             raise DataError(f"{root}: the {name} split has no images")
@@ -303,7 +335,7 @@ def load_directory(root: Path, cfg: TrainConfig) -> Dataset:
     for name, n in zip(class_names, counts):
         if n == 0:
             raise DataError(f"class {name!r} has no readable images in the training split")
-    layout = "train/val/test folders" if len(found) > 1 else "class folders"
+    layout = "train/val/test folders" if (root / "train").is_dir() else "class folders"
     desc = (f"{root} ({layout}, {len(class_names)} classes, "
             f"{'decoded in memory' if in_memory else 'streamed from disk'})")
     return Dataset(class_names, splits["train"], splits["val"], splits["test"], desc, skipped)
@@ -314,7 +346,8 @@ def load_builtin(name: str, cfg: TrainConfig) -> Dataset:
         raise DataError(f"unknown built-in dataset {name!r}; available: digits")
     raw, labels, class_names = _digits_arrays()
     images = _resize_gray(raw, cfg.image_size)
-    idx = _split_arrays(labels, cfg, have_val=False, have_test=False)
+    keys = [f"{class_names[label]}/{i:05d}.png" for i, label in enumerate(labels)]  # as exported
+    idx = _carve(keys, labels, cfg, have_val=False, have_test=False)
     split = {k: Split(labels=labels[v], images=images[v]) for k, v in idx.items()}
     desc = f"builtin:digits (scikit-learn, {len(labels)} images 8x8 upscaled to {cfg.image_size})"
     return Dataset(class_names, split["train"], split["val"], split["test"], desc)

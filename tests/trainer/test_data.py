@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 
 from trainer.config import load_config
-from trainer.data import discover, load_builtin, load_dataset, stratified_split
+from trainer.data import (
+    assign_splits,
+    discover,
+    load_builtin,
+    load_dataset,
+    split_files,
+    split_position,
+)
 from trainer.errors import DataError
 
 from .conftest import write_png
@@ -18,7 +25,7 @@ def cfg_for(root: Path, **kw):
     return load_config({"data": str(root), "output": "/tmp/unused", "image_size": 16, **kw})
 
 
-def test_builtin_digits_split_is_stratified_and_deterministic():
+def test_builtin_digits_split_is_deterministic_and_covers_every_class():
     cfg = load_config({"data": "builtin:digits", "output": "/tmp/o"})
     a, b = load_builtin("digits", cfg), load_builtin("digits", cfg)
     assert a.class_names == tuple(str(i) for i in range(10))
@@ -26,21 +33,74 @@ def test_builtin_digits_split_is_stratified_and_deterministic():
     assert np.array_equal(a.test.labels, b.test.labels)
     assert a.train.images.shape[1:] == (16, 16, 3) and a.train.images.dtype == np.uint8
     assert set(np.unique(a.test.labels)) == set(range(10))  # every class in every split
+    # hash-based: the shares are the fractions in expectation (binomial), not exactly
+    assert 0.08 < len(a.test) / 1797 < 0.12 and 0.08 < len(a.val) / 1797 < 0.12
 
 
-def test_stratified_split_keeps_class_shares():
-    labels = np.repeat(np.arange(4), [100, 50, 20, 3])
-    keep, take = stratified_split(labels, 0.1, seed=1)
-    assert len(np.intersect1d(keep, take)) == 0 and len(keep) + len(take) == len(labels)
-    counts = np.bincount(labels[take], minlength=4)
-    assert counts.tolist() == [10, 5, 2, 1]
+def test_split_position_is_a_pure_uniform_hash():
+    assert split_position("cat/1.jpg", 1) == split_position("cat/1.jpg", 1)
+    assert split_position("cat/1.jpg", 1) != split_position("cat/1.jpg", 2)
+    pos = np.array([split_position(f"c/{i}.jpg", 7) for i in range(20000)])
+    assert ((pos >= 0) & (pos < 1)).all()
+    assert np.histogram(pos, bins=10, range=(0, 1))[0].min() > 1800  # ~2000 per bin
+
+
+def test_split_keeps_train_and_test_non_empty_per_class():
+    cfg = load_config({"data": "/d", "output": "/o", "val_fraction": 0.3, "test_fraction": 0.3})
+    # many tiny classes: some would hash entirely out of train, or have no test file
+    keys = [f"class{c}/{i}.png" for c in range(200) for i in range(4)]
+    labels = np.repeat(np.arange(200), 4)
+    where = assign_splits(keys, labels, cfg, have_val=False, have_test=False)
+    pos = np.array([split_position(k, cfg.seed) for k in keys]).reshape(200, 4)
+    assert (pos.max(1) < 0.6).any() and ((pos.min(1) >= 0.3) & (pos.min(1) < 0.6)).any()  # both cases occur
+    for c in range(200):
+        got = set(where[labels == c])
+        assert "train" in got, (c, got)
+        assert "test" in got or got == {"train"}, (c, got)  # test is taken from val, never from train
+    lone = assign_splits(["a/1.png", "b/1.png"], np.array([0, 1]), cfg, False, False)
+    assert lone.tolist() == ["train", "train"]  # a class of one image trains
+
+
+def test_split_folders_on_disk_take_nothing_from_train():
+    cfg = load_config({"data": "/d", "output": "/o"})
+    keys = [f"c{i % 3}/{i}.png" for i in range(3000)]
+    labels = np.array([i % 3 for i in range(3000)])
+    both = assign_splits(keys, labels, cfg, have_val=False, have_test=False)
+    only_val = assign_splits(keys, labels, cfg, have_val=False, have_test=True)
+    assert "test" not in set(only_val)
+    # a file's val/train membership does not change when test/ comes from its own folder
+    assert np.array_equal(only_val == "val", both == "val")
+
+
+def test_adding_ten_percent_new_images_moves_no_existing_image(tmp_path):
+    """The contract nightly promotion relies on: a growing dataset keeps every old file's split."""
+    rng = np.random.default_rng(0)
+    for c in range(3):
+        for i in range(100):
+            write_png(tmp_path / f"c{c}" / f"img{i:04d}.png", rng.integers(0, 255, (8, 8, 3), np.uint8))
+    cfg = cfg_for(tmp_path)
+
+    def split_of() -> dict[str, str]:
+        _, found = split_files(tmp_path, cfg)
+        return {p.relative_to(tmp_path).as_posix(): s for s, (files, _) in found.items() for p in files}
+
+    before = split_of()
+    for c in range(3):
+        for i in range(100, 110):
+            write_png(tmp_path / f"c{c}" / f"new{i:04d}.png", rng.integers(0, 255, (8, 8, 3), np.uint8))
+    after = split_of()
+    assert len(after) == 330 and set(before) < set(after)
+    assert {k: after[k] for k in before} == before
+    assert {"train", "val", "test"} == set(before.values())  # every split got old files
 
 
 def test_folder_without_splits_is_carved(tiny_folder):
     ds = load_dataset(cfg_for(tiny_folder), tiny_folder)
     assert ds.class_names == ("class0", "class1", "class2")
-    assert (len(ds.train), len(ds.val), len(ds.test)) == (30, 3, 3)
-    assert ds.train.images.shape == (30, 16, 16, 3)
+    # hash-based split: 10%/10% in expectation; these 36 names and seed 1337 give 28/2/6
+    assert (len(ds.train), len(ds.val), len(ds.test)) == (28, 2, 6)
+    assert ds.train.images.shape == (28, 16, 16, 3)
+    assert set(ds.train.labels.tolist()) == {0, 1, 2}
 
 
 def test_folder_with_train_val_test_uses_them(tmp_path):
