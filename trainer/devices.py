@@ -2,8 +2,9 @@
 
 ``MirroredStrategy`` over every GPU of the pod (global batch = per-replica batch x replicas);
 over N logical CPU devices when ``cpu_replicas`` asks for it (tests exercise the multi-replica
-path without a GPU); the default strategy otherwise. Measured on a 2-core CPU (docs/benchmarks.md)
-XLA is 2-3x slower and bfloat16 4-7x slower there, so ``auto`` turns both on only for GPUs.
+path without a GPU); the default strategy otherwise. Precision and XLA follow what the machine
+has (``trainer.precision``: bf16 on CPUs with bf16 units, mixed precision by GPU compute
+capability), and the choice is logged with its reason.
 
 Must be called before TensorFlow initializes its devices (before any op runs).
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 from trainer.config import TrainConfig
 from trainer.errors import ConfigError
@@ -26,6 +28,7 @@ class Runtime:
     device_kind: str  # "gpu" or "cpu"
     precision: str  # keras dtype policy name
     jit_compile: bool
+    reason: str = ""  # why this precision and XLA setting (trainer.precision.decide)
 
     def describe(self) -> str:
         return (f"{type(self.strategy).__name__} with {self.replicas} replica(s) on {self.device_kind},"
@@ -49,7 +52,25 @@ def _split_cpu(n: int) -> None:
             ) from None
 
 
-def make_runtime(cfg: TrainConfig) -> Runtime:
+def choose_precision(cfg: TrainConfig, gpus: list, cache_dir: Path | None):
+    """``trainer.precision.decide`` on this machine's facts, calibrating (cached) if it asks to."""
+    from trainer import precision as prec
+
+    machine = prec.observe(gpus)
+    choice = prec.decide(machine, cfg.precision, cfg.jit_compile)
+    if choice.calibrate:
+        import tensorflow as tf
+
+        log.info("devices: %s; timing bf16 against float32 once for this CPU", choice.reason)
+        if cache_dir is None:
+            ratio = prec.measure_bf16_ratio()
+        else:
+            ratio = prec.cached_calibration(cache_dir, machine, tf.__version__, prec.measure_bf16_ratio)
+        choice = prec.decide(machine, cfg.precision, cfg.jit_compile, calibration=ratio)
+    return choice
+
+
+def make_runtime(cfg: TrainConfig, cache_dir: Path | None = None) -> Runtime:
     import keras
     import tensorflow as tf
 
@@ -75,9 +96,9 @@ def make_runtime(cfg: TrainConfig) -> Runtime:
         strategy = tf.distribute.get_strategy()  # the default: one device, no wrapping cost
 
     kind = "gpu" if gpus else "cpu"
-    precision = cfg.precision if cfg.precision != "auto" else ("mixed_float16" if gpus else "float32")
-    jit = cfg.jit_compile == "on" or (cfg.jit_compile == "auto" and kind == "gpu")
-    keras.mixed_precision.set_global_policy(precision)
-    runtime = Runtime(strategy, strategy.num_replicas_in_sync, kind, precision, jit)
-    log.info("devices: %s", runtime.describe())
+    choice = choose_precision(cfg, gpus, cache_dir)
+    keras.mixed_precision.set_global_policy(choice.precision)
+    runtime = Runtime(strategy, strategy.num_replicas_in_sync, kind, choice.precision,
+                      choice.jit_compile, choice.reason)
+    log.info("devices: %s (%s)", runtime.describe(), runtime.reason)
     return runtime
