@@ -68,7 +68,7 @@ class TrainConfig:
     seed: int = _f(1337, "seed for splits, shuffling and initialization")
     strategy: str = _f("auto", "auto = MirroredStrategy over all GPUs (or cpu_replicas), else one device", STRATEGIES)
     cpu_replicas: int = _f(0, "split the CPU into N logical devices and mirror over them (tests, no GPU)")
-    precision: str = _f("auto", "auto = mixed_float16 on GPU, float32 on CPU", PRECISIONS)
+    precision: str = _f("auto", "auto = per machine: bf16 on CPUs with bf16 units, by compute capability on GPUs", PRECISIONS)
     jit_compile: str = _f("auto", "XLA compilation; auto = on for GPU, off for CPU (slower there)", SWITCHES)
     steps_per_execution: int = _f(8, "training steps run per call into the compiled graph")
     cache: str = _f("auto", "decoded-image cache: auto = memory when it fits, else disk", CACHES)

@@ -98,6 +98,7 @@ def run(cfg: TrainConfig, stop) -> dict:
             "replicas": runtime.replicas,
             "device": runtime.device_kind,
             "precision": runtime.precision,
+            "precision_reason": runtime.reason,
             "global_batch_size": trainer.global_batch,
             "images_per_second": result.images_per_second,
             "resumed_from": list(result.resumed_from) if result.resumed_from else None,
