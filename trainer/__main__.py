@@ -2,6 +2,7 @@
 
     python -m trainer --data URI --output URI [--epochs N] [--config FILE] [--set KEY=VALUE ...]
     python -m trainer data push SRC gs://bucket/prefix
+    python -m trainer data pack SRC DEST
 
 Exit codes: 0 success, 2 bad configuration or usage, 3 bad or missing data, 1 unexpected
 error, 143 stopped by SIGTERM after saving a checkpoint (run it again to resume).
@@ -40,6 +41,7 @@ examples:
   python -m trainer --data builtin:digits --output runs/digits
   python -m trainer --data ./flowers --output gs://my-bucket/runs/flowers --set model=seed_cnn
   python -m trainer data push builtin:digits gs://my-bucket/datasets/digits
+  python -m trainer data pack ./flowers gs://my-bucket/packed/flowers   # then --data that
 """
 
 
@@ -70,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=EPILOG.format(keys=_keys_help(), exit_codes=_exit_codes_help()),
     )
-    p.add_argument("--data", help="builtin:digits, a local directory, or gs://bucket/prefix")
+    p.add_argument("--data", help="builtin:digits, a local directory, or gs://bucket/prefix "
+                   "(class folders, or a packed dataset: streamed)")
     p.add_argument("--output", help="run directory: local path or gs://bucket/prefix")
     p.add_argument("--config", metavar="FILE", help="YAML file with config keys (listed below)")
     p.add_argument("--epochs", type=int, help="number of epochs")
@@ -95,6 +98,25 @@ def _data_parser() -> argparse.ArgumentParser:
     push.add_argument("dst", help="gs://bucket/prefix")
     push.add_argument("--workers", type=int, default=16, help="parallel uploads (default 16)")
     push.add_argument("--create-bucket", action="store_true",
+                      help="create the bucket if it does not exist (handy with an emulator)")
+    pack = sub.add_parser(
+        "pack", help="write a dataset as packed shards + manifest.json, streamed by --data (docs/storage.md)",
+        description="Write SRC as TFRecord shards of the original image bytes per split, and "
+        "DEST/manifest.json last. Splits are fixed now (train/ val/ test/ folders, else a hash of "
+        "each file's path and --seed). Run it again after an interruption: it resumes.")
+    pack.add_argument("src", help="builtin:digits, a class-folder directory, or gs://bucket/prefix")
+    pack.add_argument("dst", help="a new local directory or gs://bucket/prefix")
+    pack.add_argument("--shard-size-mb", type=float, default=128, dest="shard_mb",
+                      help="target shard size in MB (default 128)")
+    pack.add_argument("--seed", type=int, default=1337, help="split seed (default 1337, as training)")
+    pack.add_argument("--val-fraction", type=float, default=0.1, dest="val_fraction",
+                      help="val share when SRC has no val/ folder (default 0.1)")
+    pack.add_argument("--test-fraction", type=float, default=0.1, dest="test_fraction",
+                      help="test share when SRC has no test/ folder (default 0.1)")
+    pack.add_argument("--max-bad-image-fraction", type=float, default=0.01, dest="max_bad",
+                      help="unreadable images are skipped; above this share packing fails (default 0.01)")
+    pack.add_argument("--workers", type=int, default=8, help="threads reading and checking images (default 8)")
+    pack.add_argument("--create-bucket", action="store_true",
                       help="create the bucket if it does not exist (handy with an emulator)")
     return p
 
@@ -153,6 +175,15 @@ def _train(argv: list[str]) -> int:
 def _data(argv: list[str]) -> int:
     args = _data_parser().parse_args(argv)
     configure_logging()
+    if args.action == "pack":
+        from trainer.pack import PackOptions, pack
+        from trainer.run import scratch_dir
+
+        opts = PackOptions(shard_mb=args.shard_mb, seed=args.seed, val_fraction=args.val_fraction,
+                           test_fraction=args.test_fraction, max_bad_image_fraction=args.max_bad,
+                           workers=args.workers, create_bucket=args.create_bucket)
+        pack(args.src, args.dst, opts, scratch_dir() / "pack")
+        return errors.EXIT_OK
     from trainer.gcs import push_dataset
 
     count = push_dataset(args.src, args.dst, workers=args.workers, create_bucket=args.create_bucket)

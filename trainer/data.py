@@ -15,6 +15,7 @@ the exported model takes raw pixels. Larger datasets are streamed from disk by `
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -36,14 +37,15 @@ MEMORY_BUDGET_FRACTION = 0.25  # share of the pod's memory limit (or RAM) the de
 
 @dataclass(frozen=True)
 class Split:
-    """One split: either decoded pixels in memory or file paths to stream (never both)."""
+    """One split: decoded pixels in memory, file paths to stream, or a packed stream (one of them)."""
 
-    labels: np.ndarray  # int32 [N]
+    labels: np.ndarray  # int32 [N] (empty for a packed stream: the labels are in its records)
     images: np.ndarray | None = None  # uint8 [N, S, S, 3]
     paths: tuple[str, ...] | None = None
+    stream: object | None = None  # a trainer.packed.PackedSource
 
     def __len__(self) -> int:
-        return int(self.labels.shape[0])
+        return len(self.stream) if self.stream is not None else int(self.labels.shape[0])
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,7 @@ class Dataset:
     test: Split
     description: str
     skipped_images: int = 0
+    uri: str = ""
 
     @property
     def num_classes(self) -> int:
@@ -356,11 +359,59 @@ def load_builtin(name: str, cfg: TrainConfig) -> Dataset:
 def load_dataset(cfg: TrainConfig, local_root: Path | None) -> Dataset:
     """The dataset named by ``cfg.data``; ``local_root`` is its local directory (None if built in)."""
     ds = load_builtin(cfg.builtin, cfg) if cfg.builtin is not None else load_directory(local_root, cfg)
+    _log_dataset(ds)
+    return ds
+
+
+def _log_dataset(ds: Dataset) -> None:
     log.info(
         "dataset %s: %d train / %d val / %d test images, classes: %s",
         ds.description, len(ds.train), len(ds.val), len(ds.test), ", ".join(ds.class_names),
     )
+
+
+def open_dataset(cfg: TrainConfig, scratch: Path) -> Dataset:
+    """The dataset named by ``cfg.data``: built in, packed (streamed, see ``trainer/packed.py``),
+    or class folders (a bucket prefix is downloaded under ``scratch/datasets`` first)."""
+    if cfg.builtin is not None:
+        return load_dataset(cfg, None)
+    from trainer import packed, storage
+
+    store = storage.open_store(cfg.data)
+    manifest = packed.read_manifest(store)
+    if manifest is None:
+        return load_dataset(cfg, storage.fetch_dataset(cfg.data, scratch / "datasets"))
+    ds = load_packed(cfg, store, manifest, scratch)
+    _log_dataset(ds)
     return ds
+
+
+def load_packed(cfg: TrainConfig, store, manifest, scratch: Path) -> Dataset:
+    """A packed dataset's splits as streams; its splits were fixed when it was packed."""
+    from trainer.packed import open_packed
+
+    if (manifest.seed, manifest.val_fraction, manifest.test_fraction) != (
+            cfg.seed, cfg.val_fraction, cfg.test_fraction):
+        log.info("%s: using the splits fixed when it was packed (seed %d, val %.2f, test %.2f), "
+                 "not this run's seed/val_fraction/test_fraction", store.uri, manifest.seed,
+                 manifest.val_fraction, manifest.test_fraction)
+    sources = open_packed(store, manifest, scratch, cfg.stream_window)
+    splits = {name: Split(labels=np.zeros(0, np.int32), stream=src) for name, src in sources.items()}
+    shards = sum(len(info.shards) for info in manifest.splits.values())
+    size = sum(info.bytes for info in manifest.splits.values())
+    desc = (f"{store.uri} (packed, {len(manifest.class_names)} classes, {shards} shards, "
+            f"{size / 1e6:.1f} MB, streamed)")
+    return Dataset(manifest.class_names, splits["train"], splits["val"], splits["test"], desc,
+                   manifest.skipped_images, uri=store.uri)
+
+
+def stream_errors(dataset: Dataset):
+    """A context in which a packed stream's failures become one-line DataErrors (exit 3)."""
+    if dataset.train.stream is None:
+        return contextlib.nullcontext()
+    from trainer.packed import stream_errors as packed_stream_errors
+
+    return packed_stream_errors(dataset.uri)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -404,6 +455,8 @@ def make_source(split: Split, cfg: TrainConfig, cache_dir: Path | None = None):
     """
     import tensorflow as tf
 
+    if split.stream is not None:
+        return split.stream  # a packed stream builds its own pipeline per epoch
     if split.images is not None:
         return tf.data.Dataset.from_tensor_slices((split.images, split.labels))
     ds = tf.data.Dataset.from_tensor_slices((list(split.paths), split.labels))
@@ -430,34 +483,49 @@ def make_batches(
     Order: shuffle (training; seeded per epoch, so a resumed epoch sees the same order) ->
     batch -> skip the batches a resumed epoch already trained on -> augment (training; whole
     batches, parallel) -> prefetch. Yields ``(uint8 images [B, S, S, 3], int32 labels [B])``.
+    A packed stream (``trainer.packed.PackedSource``) builds its own stages, in the same order,
+    with shards instead of examples as the unit of the first shuffle.
     """
     import tensorflow as tf
 
+    augment = _augment_fn(cfg) if training else None
+    options = tf.data.Options()
+    # No autotuning: dropping an epoch's iterator then waits for the autotune thread, 1.5-5 s
+    # per epoch on 2 CPU cores (docs/benchmarks.md). AUTOTUNE below falls back to fixed
+    # defaults: map parallelism = cores, a prefetch buffer that grows as needed.
+    options.autotune.enabled = False
+    if hasattr(source, "batches"):  # a packed stream: it shards by worker itself
+        ds = source.batches(cfg, batch_size, training=training, epoch=epoch,
+                            skip_batches=skip_batches, augment=augment)
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+        return ds.prefetch(tf.data.AUTOTUNE).with_options(options)
     ds = source
     if training:
         ds = ds.shuffle(num_examples, seed=cfg.seed + epoch, reshuffle_each_iteration=False)
     ds = ds.batch(batch_size, drop_remainder=False)
     if skip_batches:
         ds = ds.skip(skip_batches)
-    if training:
-        aug = augmentation_layers(cfg)
-        if aug:
-            import keras
-
-            seq = keras.Sequential(aug)
-
-            def augment(images, labels):
-                out = seq(tf.cast(images, tf.float32), training=True)
-                return tf.cast(tf.clip_by_value(tf.round(out), 0, 255), tf.uint8), labels
-
-            ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
-    options = tf.data.Options()
+    if augment is not None:
+        ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    # No autotuning: dropping an epoch's iterator then waits for the autotune thread, 1.5-5 s
-    # per epoch on 2 CPU cores (docs/benchmarks.md). AUTOTUNE below falls back to fixed
-    # defaults: map parallelism = cores, a prefetch buffer that grows as needed.
-    options.autotune.enabled = False
     return ds.prefetch(tf.data.AUTOTUNE).with_options(options)
+
+
+def _augment_fn(cfg: TrainConfig):
+    """uint8 batch -> augmented uint8 batch, or None when augmentation is off."""
+    aug = augmentation_layers(cfg)
+    if not aug:
+        return None
+    import keras
+    import tensorflow as tf
+
+    seq = keras.Sequential(aug)
+
+    def augment(images, labels):
+        out = seq(tf.cast(images, tf.float32), training=True)
+        return tf.cast(tf.clip_by_value(tf.round(out), 0, 255), tf.uint8), labels
+
+    return augment
 
 
 def steps_per_epoch(split: Split, global_batch: int) -> int:

@@ -26,7 +26,7 @@ from trainer import data as data_lib
 from trainer.checkpoint import Checkpointer
 from trainer.config import TrainConfig
 from trainer.errors import ConfigError
-from trainer.storage import RunDir, fetch_dataset, open_run_dir
+from trainer.storage import RunDir, open_run_dir
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +67,7 @@ def run(cfg: TrainConfig, stop) -> dict:
     (run_dir.local / "config.yaml").write_text(cfg.to_yaml())
     run_dir.push("config.yaml")
 
-    local_data = None if cfg.builtin else fetch_dataset(cfg.data, scratch / "datasets")
-    dataset = data_lib.load_dataset(cfg, local_data)
+    dataset = data_lib.open_dataset(cfg, scratch)
 
     from trainer.devices import make_runtime
     from trainer.train import Trainer
@@ -79,9 +78,9 @@ def run(cfg: TrainConfig, stop) -> dict:
              cfg.model, trainer.model.count_params(), trainer.global_batch, cfg.batch_size,
              runtime.replicas, trainer.steps_per_epoch)
     checkpointer = Checkpointer(run_dir, trainer.model, trainer.optimizer, cfg.keep_checkpoints)
-    result = trainer.fit(checkpointer, stop)
-
-    test = trainer.evaluate("test", collect=True)
+    with data_lib.stream_errors(dataset):
+        result = trainer.fit(checkpointer, stop)
+        test = trainer.evaluate("test", collect=True)
     metrics = build_metrics(
         class_names=list(dataset.class_names),
         y_true=test["labels"],
