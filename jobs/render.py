@@ -120,6 +120,10 @@ def _resources(spec: JobSpec) -> dict:
     # Limits equal requests: the pod gets the Guaranteed QoS class, the last to be evicted.
     requests = {"cpu": spec.cpu, "memory": spec.memory}
     limits = dict(requests)
+    # The scheduler only places the pod on a node with this much local disk free for /scratch,
+    # instead of the kubelet evicting it later when the disk fills (no limit: the emptyDir's
+    # sizeLimit bounds /scratch; logs and the read-only root add little).
+    requests["ephemeral-storage"] = spec.scratch_size
     if spec.gpus:
         # A quantity is a string in the API (the Python client rejects a bare int).
         limits[GPU_RESOURCE] = str(spec.gpus)

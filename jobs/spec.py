@@ -189,8 +189,9 @@ class JobSpec:
         "auto", "size of /dev/shm (memory-backed, counts against memory); auto = 1Gi per GPU, "
         "at least 1Gi", check=_shm_size)
     scratch_size: str = doc_field(
-        "20Gi", "size limit of the writable /scratch volume (dataset cache, upload staging, HOME, "
-        "TMPDIR)", check=checks.quantity)
+        "20Gi", "size of the writable /scratch volume, requested as ephemeral-storage (dataset "
+        "cache: a class-folder dataset whole, a packed one only its shard window; upload staging, "
+        "HOME, TMPDIR)", check=checks.quantity)
     namespace: str = doc_field(
         "", "namespace; default: -n, else the kubeconfig context's namespace",
         check=checks.dns_name(63))

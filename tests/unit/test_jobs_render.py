@@ -120,7 +120,9 @@ def test_pod_security(path):
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert volumes[mounts["/scratch"]]["emptyDir"]["sizeLimit"] == spec.scratch_size
     assert volumes[mounts["/dev/shm"]]["emptyDir"] == {"medium": "Memory", "sizeLimit": spec.shm_size}
-    assert c["resources"]["requests"] == {"cpu": spec.cpu, "memory": spec.memory}
+    # ephemeral-storage: the scheduler refuses nodes without room for /scratch (no eviction later)
+    assert c["resources"]["requests"] == {"cpu": spec.cpu, "memory": spec.memory,
+                                          "ephemeral-storage": spec.scratch_size}
     assert int(c["resources"]["limits"].get("nvidia.com/gpu", 0)) == spec.gpus
     labels = workload(render.render(spec))["metadata"]["labels"]
     assert labels["app.kubernetes.io/managed-by"] == "kubetrain"
