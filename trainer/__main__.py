@@ -5,7 +5,12 @@
     python -m trainer data pack SRC DEST
 
 Exit codes: 0 success, 2 bad configuration or usage, 3 bad or missing data, 1 unexpected
-error, 143 stopped by SIGTERM after saving a checkpoint (run it again to resume).
+error, 75 multi-worker: another worker was lost (restart all workers to resume), 143 stopped
+by SIGTERM after saving a checkpoint (run it again to resume).
+
+Multi-worker: with ``TF_CONFIG`` (or ``KUBETRAIN_WORKERS`` + ``JOB_COMPLETION_INDEX``) naming
+more than one worker, a failing worker leaves at once (``os._exit``) instead of waiting for
+TensorFlow's shutdown barrier (see ``trainer/multiworker.py``).
 """
 
 from __future__ import annotations
@@ -16,9 +21,10 @@ import os
 import signal
 import sys
 import textwrap
+import traceback
 from pathlib import Path
 
-from trainer import errors
+from trainer import errors, multiworker
 from trainer.config import field_docs, load_config, parse_overrides, read_yaml
 
 log = logging.getLogger("trainer")
@@ -36,6 +42,9 @@ report/ (metrics.json, learning_curves.png, confusion_matrix.png, predictions.pn
 Run again with the same --output to resume from the last checkpoint.
 
 exit codes: {exit_codes}
+
+multi-worker: set TF_CONFIG (standard: cluster.worker = [host:port, ...], task.index = i) in
+every worker process, all with the same --output; worker 0 writes it, the others only read.
 
 examples:
   python -m trainer --data builtin:digits --output runs/digits
@@ -192,6 +201,13 @@ def _data(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    code = _main(argv)
+    if code and multiworker.active() is not None:
+        multiworker.hard_exit(code)  # leave the cluster now, not after its shutdown barrier
+    return code
+
+
+def _main(argv: list[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         if argv[:1] == ["data"]:
@@ -204,6 +220,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(errors.exit_code(errors.EXIT_INTERRUPTED).label, file=sys.stderr)
         return errors.EXIT_INTERRUPTED
+    except Exception:
+        if multiworker.active() is None:
+            raise
+        traceback.print_exc()
+        return errors.EXIT_UNEXPECTED
 
 
 if __name__ == "__main__":

@@ -42,7 +42,8 @@ class Checkpointer:
         self.keep = keep
         self.is_chief = is_chief  # multi-worker: only the chief writes to the run directory
         self.local_dir = run_dir.local / "checkpoints"
-        self.local_dir.mkdir(parents=True, exist_ok=True)
+        if is_chief:
+            self.local_dir.mkdir(parents=True, exist_ok=True)
         self.ckpt = tf.train.Checkpoint(model=model, optimizer=optimizer)
 
     def restore(self) -> Position | None:
@@ -63,6 +64,8 @@ class Checkpointer:
         """Write weights + optimizer state, make them durable, then the marker. Returns the name."""
         name = f"ckpt-{pos.epoch:04d}-{pos.step:06d}"
         if not self.is_chief:
+            # Every model and optimizer variable is a MirroredVariable (ON_WRITE): worker 0's
+            # copy is the whole state and writing it needs no collective, so the others skip it.
             return name
         prefix = self.local_dir / name
         self.ckpt.write(str(prefix))

@@ -75,6 +75,8 @@ class TrainConfig:
     stream_window: int = _f(4, "packed datasets: shards fetched ahead onto local scratch while training")
     max_bad_image_fraction: float = _f(0.01, "corrupt images are skipped; above this share the run fails")
     keep_checkpoints: int = _f(3, "how many epoch checkpoints to keep")
+    rendezvous_timeout_seconds: int = _f(600, "multi-worker: wait at most this long for all workers to join (then exit 1)")
+    collective_timeout_seconds: int = _f(900, "multi-worker: a step waiting longer than this for the others restarts all (exit 75)")
     export: bool = _f(True, "export the trained model under <output>/model/")
     promote_to: str = _f("", "copy model/ and report/ here only if better than the model already there")
 
@@ -236,6 +238,8 @@ def _validate(cfg: TrainConfig) -> None:
     need(cfg.steps_per_execution >= 1, "config key 'steps_per_execution': must be >= 1")
     need(0 <= cfg.max_bad_image_fraction <= 1, "config key 'max_bad_image_fraction': must be in [0, 1]")
     need(cfg.keep_checkpoints >= 1, "config key 'keep_checkpoints': must be >= 1")
+    need(cfg.rendezvous_timeout_seconds >= 10, "config key 'rendezvous_timeout_seconds': must be >= 10")
+    need(cfg.collective_timeout_seconds >= 30, "config key 'collective_timeout_seconds': must be >= 30")
     need(not cfg.promote_to or cfg.export, "config key 'promote_to' needs export: true")
     need(not cfg.promote_to or cfg.promote_to.rstrip("/") != cfg.output.rstrip("/"),
          "config key 'promote_to' must differ from output")

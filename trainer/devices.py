@@ -2,7 +2,9 @@
 
 ``MirroredStrategy`` over every GPU of the pod (global batch = per-replica batch x replicas);
 over N logical CPU devices when ``cpu_replicas`` asks for it (tests exercise the multi-replica
-path without a GPU); the default strategy otherwise. Precision and XLA follow what the machine
+path without a GPU); the default strategy otherwise. With more than one worker (``cluster``,
+see ``trainer.multiworker``) it is ``MultiWorkerMirroredStrategy``: every local GPU of every
+worker is a replica (one CPU device per worker without GPUs). Precision and XLA follow what the machine
 has (``trainer.precision``: bf16 on CPUs with bf16 units, mixed precision by GPU compute
 capability), and the choice is logged with its reason.
 
@@ -29,9 +31,17 @@ class Runtime:
     precision: str  # keras dtype policy name
     jit_compile: bool
     reason: str = ""  # why this precision and XLA setting (trainer.precision.decide)
+    workers: int = 1  # processes (pods) training in sync
+    worker_index: int = 0
+
+    @property
+    def is_chief(self) -> bool:
+        """Worker 0 writes the run directory; the others write nowhere shared."""
+        return self.worker_index == 0
 
     def describe(self) -> str:
-        return (f"{type(self.strategy).__name__} with {self.replicas} replica(s) on {self.device_kind},"
+        where = f" across {self.workers} workers" if self.workers > 1 else ""
+        return (f"{type(self.strategy).__name__} with {self.replicas} replica(s){where} on {self.device_kind},"
                 f" precision {self.precision}, XLA {'on' if self.jit_compile else 'off'}")
 
 
@@ -70,7 +80,8 @@ def choose_precision(cfg: TrainConfig, gpus: list, cache_dir: Path | None):
     return choice
 
 
-def make_runtime(cfg: TrainConfig, cache_dir: Path | None = None) -> Runtime:
+def make_runtime(cfg: TrainConfig, cache_dir: Path | None = None, cluster=None) -> Runtime:
+    """The strategy and speed choices; ``cluster`` (a ``multiworker.Cluster``) means MWMS."""
     import keras
     import tensorflow as tf
 
@@ -80,10 +91,21 @@ def make_runtime(cfg: TrainConfig, cache_dir: Path | None = None) -> Runtime:
             tf.config.experimental.set_memory_growth(gpu, True)
         except RuntimeError:
             pass
-    if cfg.cpu_replicas and not gpus:
+    workers, index = 1, 0
+    if cluster is not None:
+        if cfg.cpu_replicas > 1 or cfg.strategy == "one_device":
+            raise ConfigError("multi-worker runs use every GPU of each worker (one CPU device without"
+                              " GPUs): leave strategy at auto/mirrored and cpu_replicas at 0 or 1")
+        from trainer import multiworker
+
+        workers, index = cluster.num_workers, cluster.index
+    elif cfg.cpu_replicas and not gpus:
         _split_cpu(cfg.cpu_replicas)
 
-    if cfg.strategy == "one_device":
+    if cluster is not None:  # first: MWMS must exist before any other TensorFlow op
+        strategy = multiworker.make_strategy(cluster, cfg.rendezvous_timeout_seconds,
+                                             cfg.collective_timeout_seconds)
+    elif cfg.strategy == "one_device":
         strategy = tf.distribute.OneDeviceStrategy("/gpu:0" if gpus else "/cpu:0")
     elif gpus and (len(gpus) > 1 or cfg.strategy == "mirrored"):
         strategy = tf.distribute.MirroredStrategy()
@@ -99,6 +121,6 @@ def make_runtime(cfg: TrainConfig, cache_dir: Path | None = None) -> Runtime:
     choice = choose_precision(cfg, gpus, cache_dir)
     keras.mixed_precision.set_global_policy(choice.precision)
     runtime = Runtime(strategy, strategy.num_replicas_in_sync, kind, choice.precision,
-                      choice.jit_compile, choice.reason)
+                      choice.jit_compile, choice.reason, workers, index)
     log.info("devices: %s (%s)", runtime.describe(), runtime.reason)
     return runtime

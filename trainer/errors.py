@@ -22,6 +22,7 @@ EXIT_OK = 0
 EXIT_UNEXPECTED = 1  # a bug or an unforeseen failure: retried up to the Job's backoffLimit
 EXIT_CONFIG = 2  # bad configuration or usage: never retried
 EXIT_DATA = 3  # bad or missing data: never retried
+EXIT_PEER_LOST = 75  # multi-worker: another worker is gone (EX_TEMPFAIL); all restart, not counted
 EXIT_INTERRUPTED = 130  # 128 + SIGINT: Ctrl-C on a local run
 EXIT_KILLED = 137  # 128 + SIGKILL: not the trainer's choice (out of memory, grace period over)
 EXIT_PREEMPTED = 143  # 128 + SIGTERM: checkpoint saved, a restart resumes; not counted as a failure
@@ -48,6 +49,8 @@ EXIT_CODES: tuple[ExitCode, ...] = (
     ExitCode(EXIT_CONFIG, "configuration error", "bad configuration", FAIL_JOB,
              "not retried, fix the spec's train: section"),
     ExitCode(EXIT_DATA, "data error", "bad or missing data", FAIL_JOB, "not retried, fix the dataset"),
+    ExitCode(EXIT_PEER_LOST, "peer lost", "multi-worker: another worker died or hangs", IGNORE,
+             "all workers restart from worker 0's last checkpoint, not counted"),
     ExitCode(EXIT_INTERRUPTED, "interrupted", "interrupted (SIGINT, Ctrl-C)", COUNT,
              "retried up to backoffLimit"),
     ExitCode(EXIT_KILLED, "", "killed (SIGKILL)", COUNT, "out of memory or the grace period ran out"),
@@ -95,3 +98,15 @@ class Preempted(TrainerError):
     """SIGTERM arrived; a checkpoint was written and the run can be resumed."""
 
     exit_code = EXIT_PREEMPTED
+
+
+class PeerLost(TrainerError):
+    """Multi-worker: a collective failed because another worker died or hangs.
+
+    Only raised for TensorFlow's Unavailable/DeadlineExceeded/Aborted errors inside a collective
+    of a multi-worker run (``trainer.multiworker``), never for a bug, so ignoring it in the
+    Job's ``podFailurePolicy`` cannot hide one. Nothing was saved by this worker; worker 0's
+    last checkpoint is where the restarted workers resume.
+    """
+
+    exit_code = EXIT_PEER_LOST

@@ -10,6 +10,11 @@ Output layout (``<output>`` is a local directory or ``gs://bucket/prefix``)::
 
 ``report/`` and ``model/`` are built aside and published whole, so a failed or interrupted
 run never replaces the previous good ones.
+
+With several workers (``trainer.multiworker``) every worker trains and evaluates, and only
+worker 0 writes the run directory; the others read it (to resume from its checkpoint) and write
+nothing shared. Worker 0 writes ``config.yaml`` only once all workers joined, so a worker that
+finds it knows this is a restart (and first lets the previous attempt's workers leave).
 """
 
 from __future__ import annotations
@@ -23,10 +28,11 @@ from pathlib import Path
 import yaml
 
 from trainer import data as data_lib
+from trainer import multiworker
 from trainer.checkpoint import Checkpointer
 from trainer.config import TrainConfig
 from trainer.errors import ConfigError
-from trainer.storage import RunDir, open_run_dir
+from trainer.storage import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -56,31 +62,53 @@ def _check_same_run(run_dir: RunDir, cfg: TrainConfig) -> None:
                           "use a new --output or the same settings to resume")
 
 
+def _write_config(run_dir: RunDir, cfg: TrainConfig) -> None:
+    (run_dir.local / "config.yaml").write_text(cfg.to_yaml())
+    run_dir.push("config.yaml")
+
+
 def run(cfg: TrainConfig, stop) -> dict:
     """Train, evaluate, report and export; returns the metrics. Raises TrainerError subclasses."""
     from trainer.report import build_metrics, write_report
 
     wall_start = time.monotonic()
     scratch = scratch_dir()
-    run_dir = open_run_dir(cfg.output, scratch / "staging")
+    cluster = multiworker.from_environment()
+    run_dir = multiworker.open_run_dir_for(cluster, cfg.output, scratch / "staging")
     _check_same_run(run_dir, cfg)
-    (run_dir.local / "config.yaml").write_text(cfg.to_yaml())
-    run_dir.push("config.yaml")
+    if cluster is not None and multiworker.finished(run_dir, cfg.epochs):
+        if not cluster.is_chief:  # worker 0 alone evaluates and reports; no peers needed
+            log.info("all %d epochs are trained; worker 0 writes the report", cfg.epochs)
+            return {}
+        log.info("all %d epochs are trained: evaluating and reporting without the other workers", cfg.epochs)
+        cluster = None
+    restart = cluster is not None and run_dir.pull("config.yaml")
+    if cluster is None:
+        _write_config(run_dir, cfg)
 
     dataset = data_lib.open_dataset(cfg, scratch)
 
     from trainer.devices import make_runtime
     from trainer.train import Trainer
 
-    runtime = make_runtime(cfg)
+    if restart:
+        multiworker.settle()
+    runtime = make_runtime(cfg, cluster=cluster)
+    if cluster is not None and runtime.is_chief:
+        _write_config(run_dir, cfg)
     trainer = Trainer(cfg, runtime, dataset, cache_dir=scratch / "cache")
     log.info("model %s: %d parameters; global batch %d (%d x %d replicas), %d steps per epoch",
              cfg.model, trainer.model.count_params(), trainer.global_batch, cfg.batch_size,
              runtime.replicas, trainer.steps_per_epoch)
-    checkpointer = Checkpointer(run_dir, trainer.model, trainer.optimizer, cfg.keep_checkpoints)
+    checkpointer = Checkpointer(run_dir, trainer.model, trainer.optimizer, cfg.keep_checkpoints,
+                                is_chief=runtime.is_chief)
     with data_lib.stream_errors(dataset):
         result = trainer.fit(checkpointer, stop)
         test = trainer.evaluate("test", collect=True)
+    if not runtime.is_chief:
+        log.info("worker %d done: test accuracy %.4f; worker 0 writes the report and model",
+                 runtime.worker_index, test["accuracy"])
+        return {"test_accuracy": test["accuracy"]}
     metrics = build_metrics(
         class_names=list(dataset.class_names),
         y_true=test["labels"],
@@ -94,6 +122,7 @@ def run(cfg: TrainConfig, stop) -> dict:
             "num_train_images": len(dataset.train),
             "num_val_images": len(dataset.val),
             "skipped_images": dataset.skipped_images,
+            "workers": runtime.workers,
             "replicas": runtime.replicas,
             "device": runtime.device_kind,
             "precision": runtime.precision,

@@ -2,13 +2,16 @@
 
 Not ``model.fit``: under ``MultiWorkerMirroredStrategy`` Keras 3's ``fit`` fails (keras#20585)
 while a ``strategy.run`` step on the same model trains in sync, so this loop runs unchanged
-under the default strategy, ``MirroredStrategy`` and, next, multi-worker. It also owns what
+under the default strategy, ``MirroredStrategy`` and ``MultiWorkerMirroredStrategy``
+(``trainer.multiworker``). It also owns what
 ``fit`` cannot give us: a checkpoint at any step boundary when SIGTERM arrives, and a resume
 that continues mid-epoch on the same batches.
 
 Per call into the compiled graph the loop runs ``steps_per_execution`` steps, reducing the
 loss sum, correct count and example count across replicas; Python sees one small tensor per
-call, so the host never stalls the devices.
+call, so the host never stalls the devices. The same reduction carries each worker's "SIGTERM
+arrived" flag, so with several workers all of them stop at the same step and worker 0 saves
+one consistent checkpoint. Evaluation runs on every replica too (``trainer.evaluation``).
 """
 
 from __future__ import annotations
@@ -23,10 +26,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from trainer import data as data_lib
+from trainer import multiworker
 from trainer.checkpoint import Checkpointer, Position
 from trainer.config import TrainConfig
 from trainer.devices import Runtime
-from trainer.errors import Preempted
+from trainer.errors import PeerLost, Preempted
+from trainer.evaluation import Evaluator, eval_global_batch, padded_batches
 from trainer.models import build_model
 
 log = logging.getLogger(__name__)
@@ -132,7 +137,7 @@ class Trainer:
             self.optimizer.build(self.model.trainable_variables)
         self.loss_fn = _per_example_loss(cfg, dataset.num_classes)
         self._train_chunk = self._make_train_chunk()
-        self._eval_batch = tf.function(self._eval_batch_py, jit_compile=runtime.jit_compile)
+        self._evaluator = Evaluator(self.model, self.loss_fn, strategy, runtime.jit_compile)
 
     # -- compiled pieces ------------------------------------------------------------------------
 
@@ -143,7 +148,7 @@ class Trainer:
         strategy, global_batch = self.rt.strategy, float(self.global_batch)
         compute_dtype = model.compute_dtype
 
-        def step(images, labels):
+        def step(images, labels, stop_flag):
             images = tf.cast(images, compute_dtype)
             with tf.GradientTape() as tape:
                 probs = model(images, training=True)
@@ -156,48 +161,36 @@ class Trainer:
             optimizer.apply_gradients(zip(grads, model.trainable_variables))
             correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(probs, -1, output_type=tf.int32), labels), tf.float32))
             count = tf.cast(tf.shape(labels)[0], tf.float32)
-            return tf.stack([tf.reduce_sum(per_example), correct, count])
+            return tf.stack([tf.reduce_sum(per_example), correct, count, stop_flag])
 
         step = tf.function(step, jit_compile=self.rt.jit_compile) if self.rt.jit_compile else step
 
         @tf.function
-        def train_chunk(iterator, num_steps):
-            totals = tf.zeros([3], tf.float32)
+        def train_chunk(iterator, num_steps, stop_flag):
+            # totals: loss sum, correct, count, and how many replicas' workers are stopping
+            totals = tf.zeros([4], tf.float32)
             for _ in tf.range(num_steps):
-                per_replica = strategy.run(step, args=next(iterator))
+                images, labels = next(iterator)
+                per_replica = strategy.run(step, args=(images, labels, stop_flag))
                 totals += strategy.reduce("SUM", per_replica, axis=None)
             return totals
 
         return train_chunk
 
-    def _eval_batch_py(self, images, labels):
-        import tensorflow as tf
-
-        probs = self.model(tf.cast(images, self.model.compute_dtype), training=False)
-        per_example = tf.cast(self.loss_fn(labels, probs), tf.float32)
-        return tf.cast(probs, tf.float32), per_example
-
     # -- epochs ---------------------------------------------------------------------------------
 
     def evaluate(self, split: str, collect: bool = False):
-        """Mean loss and accuracy over a split; with ``collect``, also labels, probs and images."""
-        batches = self.eval_batches(split)
-        loss_sum, labels_all, probs_all, images_all = 0.0, [], [], []
-        for images, labels in batches:
-            probs, per_example = self._eval_batch(images, labels)
-            loss_sum += float(per_example.numpy().sum())
-            labels_all.append(labels.numpy())
-            probs_all.append(probs.numpy())
-            if collect and sum(len(i) for i in images_all) < 64:
-                images_all.append(images.numpy())
-        labels_np = np.concatenate(labels_all)
-        probs_np = np.concatenate(probs_all)
-        count = max(1, len(labels_np))
-        accuracy = float((probs_np.argmax(-1) == labels_np).mean()) if len(labels_np) else 0.0
-        out = {"loss": loss_sum / count, "accuracy": accuracy}
+        """Mean loss and accuracy over a split, exact, on every replica of every worker.
+
+        With ``collect``, also the labels and probabilities of the whole split (in the split's
+        order) and its first 64 images for the predictions grid.
+        """
+        global_batch = eval_global_batch(self.cfg.batch_size, self.rt.replicas)
+        batches, steps = padded_batches(self.sources[split], len(getattr(self.ds, split)), global_batch)
+        out = self._evaluator.run(batches, steps, collect)
         if collect:
-            out.update(labels=labels_np, probs=probs_np,
-                       images=np.concatenate(images_all)[:64] if images_all else np.zeros((0,)))
+            first = [x for x, _ in self.sources[split].take(64).batch(64)]
+            out["images"] = first[0].numpy() if first else np.zeros((0,))
         return out
 
     def eval_batches(self, split: str):
@@ -234,7 +227,10 @@ class Trainer:
             trained_images = 0.0
             while step < self.steps_per_epoch:
                 n = min(cfg.steps_per_execution, self.steps_per_epoch - step)
-                chunk = self._train_chunk(iterator, tf.constant(n, tf.int32)).numpy()
+                with multiworker.graph_call(f"training step {step + 1} of epoch {epoch + 1}"):
+                    chunk = self._train_chunk(iterator, tf.constant(n, tf.int32),
+                                              tf.constant(1.0 if stop else 0.0)).numpy()
+                chunk, stopping = chunk[:3], chunk[3] > 0
                 totals += chunk
                 trained_images += chunk[2]
                 step += n
@@ -242,12 +238,21 @@ class Trainer:
                     raise FloatingPointError(f"loss became {chunk[0]} in epoch {epoch + 1}, step {step}; "
                                              "lower the learning rate")
                 progress.update(epoch + 1, cfg.epochs, step, self.steps_per_epoch, totals[0] / max(1, totals[2]))
-                if stop and step < self.steps_per_epoch:
+                if self.rt.workers == 1:
+                    stopping = bool(stop)
+                if stopping and step < self.steps_per_epoch:
                     progress.clear()
                     partial = dict(zip(("loss_sum", "correct", "count"), map(float, totals)))
                     name = checkpointer.save(Position(epoch, step, history, partial))
-                    raise Preempted(f"{stop.reason}: saved checkpoint {name} at epoch {epoch + 1}, "
-                                    f"step {step}/{self.steps_per_epoch}; restart with the same --output to resume")
+                    where = f"at epoch {epoch + 1}, step {step}/{self.steps_per_epoch}"
+                    if self.rt.workers > 1:
+                        with multiworker.graph_call("stopping together"):
+                            multiworker.barrier(strategy)  # everyone leaves after the save
+                        if not stop:
+                            raise PeerLost(f"another worker was stopped (SIGTERM); worker 0 saved "
+                                           f"checkpoint {name} {where}; all workers restart")
+                    raise Preempted(f"{stop.reason}: saved checkpoint {name} {where}; "
+                                    "restart with the same --output to resume")
             progress.clear()
             seconds = time.monotonic() - t0
             val = self.evaluate("val")
