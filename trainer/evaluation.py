@@ -98,7 +98,7 @@ class Evaluator:
                 totals += sums.numpy()
         count = max(1.0, totals[2])
         out = {"loss": float(totals[0] / count), "accuracy": float(totals[1] / count),
-               "count": int(round(totals[2]))}
+               "count": round(float(totals[2]))}
         if collect:
             out["labels"] = np.concatenate(labels_all).astype(np.int32)
             out["probs"] = np.concatenate(probs_all)

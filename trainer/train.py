@@ -116,8 +116,6 @@ class Trainer:
     """Builds the model under the strategy and runs epochs; evaluation helpers for the report."""
 
     def __init__(self, cfg: TrainConfig, runtime: Runtime, dataset: data_lib.Dataset, cache_dir=None):
-        import tensorflow as tf
-
         self.cfg = cfg
         self.rt = runtime
         self.ds = dataset
