@@ -26,6 +26,18 @@ def eval_global_batch(per_replica_batch: int, replicas: int) -> int:
     return per_replica * replicas
 
 
+def examples(source, image_size: int):
+    """Unbatched ``(image, label)`` examples of a split's source, in order (packed or not)."""
+    if hasattr(source, "records"):  # a packed stream (trainer.packed.PackedSource)
+        import tensorflow as tf
+
+        from trainer.packed import decode_record
+
+        return source.records(0, training=False).map(
+            decode_record(image_size), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return source
+
+
 def padded_batches(source, num_examples: int, global_batch: int):
     """``(images, labels, weights)`` batches over ``source`` padded with weight-0 examples.
 

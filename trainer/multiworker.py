@@ -239,6 +239,21 @@ def graph_call(what: str) -> _Guard:
     return _Guard(_watchdog, what)
 
 
+def shard_by_data(batches):
+    """Every worker takes its part of every global batch (``AutoShardPolicy.DATA``).
+
+    ``make_batches`` already asks for this, except for a packed stream, which shards by shard
+    (a worker reads only its shards); those per-worker streams have unequal lengths, which MWMS
+    cannot step through in sync, so for now every worker reads the whole stream and keeps its
+    part (more reading, same training).
+    """
+    import tensorflow as tf
+
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return batches.with_options(options)
+
+
 def barrier(strategy) -> None:
     """Return once every worker got here (a one-number all-reduce)."""
     import tensorflow as tf

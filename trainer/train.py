@@ -31,7 +31,7 @@ from trainer.checkpoint import Checkpointer, Position
 from trainer.config import TrainConfig
 from trainer.devices import Runtime
 from trainer.errors import PeerLost, Preempted
-from trainer.evaluation import Evaluator, eval_global_batch, padded_batches
+from trainer.evaluation import Evaluator, eval_global_batch, examples, padded_batches
 from trainer.models import build_model
 
 log = logging.getLogger(__name__)
@@ -184,10 +184,11 @@ class Trainer:
         order) and its first 64 images for the predictions grid.
         """
         global_batch = eval_global_batch(self.cfg.batch_size, self.rt.replicas)
-        batches, steps = padded_batches(self.sources[split], len(getattr(self.ds, split)), global_batch)
+        source = examples(self.sources[split], self.cfg.image_size)
+        batches, steps = padded_batches(source, len(getattr(self.ds, split)), global_batch)
         out = self._evaluator.run(batches, steps, collect)
         if collect:
-            first = [x for x, _ in self.sources[split].take(64).batch(64)]
+            first = [x for x, _ in source.take(64).batch(64)]
             out["images"] = first[0].numpy() if first else np.zeros((0,))
         return out
 
@@ -220,6 +221,8 @@ class Trainer:
                 self.sources["train"], len(self.ds.train), cfg, self.global_batch,
                 training=True, epoch=epoch, skip_batches=skip,
             )
+            if self.rt.workers > 1:
+                batches = multiworker.shard_by_data(batches)
             iterator = iter(strategy.experimental_distribute_dataset(batches))
             t0, step = time.monotonic(), skip
             trained_images = 0.0
