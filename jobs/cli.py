@@ -1,4 +1,5 @@
-"""``python -m jobs``: render, submit and follow training Jobs from a job spec.
+"""``python -m jobs``: render, submit and follow training Jobs from a job spec, and operate
+them on day 2 (run a CronJob now, suspend, resume, compare runs).
 
 Exit codes: 0 ok; 1 the cluster said no, or the Job failed / got stuck / timed out (``wait``);
 2 a bad spec or bad usage (nothing was sent).
@@ -10,8 +11,11 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from dataclasses import fields
 
-from jobs.spec import SpecError, load_spec
+from jobs import output
+from jobs.durations import duration
+from jobs.spec import JobSpec, SpecError, load_spec
 from trainer.config import parse_overrides
 from trainer.errors import EXIT_CONFIG, EXIT_INTERRUPTED, EXIT_OK, EXIT_UNEXPECTED, ConfigError
 
@@ -23,69 +27,138 @@ EPILOG = """\
 examples:
   python -m jobs render examples/kind.yaml | kubectl apply -f -     # preview, or apply by hand
   python -m jobs submit examples/kind.yaml                          # idempotent
-  python -m jobs logs digits-kind -n kubetrain -f                   # follows retries too
-  python -m jobs wait digits-kind -n kubetrain --timeout 1800       # exit 1 says why it failed
-  python -m jobs list -n kubetrain
+  python -m jobs submit examples/nightly.yaml --set gpus=2          # a CronJob changes in place
+  python -m jobs submit examples/gpu.yaml --dry-run=server          # the API server validates
+  python -m jobs -n kubetrain logs digits-kind -f --since 10m       # follows retries too
+  python -m jobs wait digits-kind -n kubetrain --timeout 2h         # exit 1 says why it failed
+  python -m jobs status digits-kind -n kubetrain                    # epoch, val accuracy, ETA
+  python -m jobs run-now digits-nightly -n kubetrain                # a run of a CronJob, now
+  python -m jobs suspend digits-nightly -n kubetrain                # and resume
+  python -m jobs list -n kubetrain -o wide
+  python -m jobs runs gs://my-bucket/runs/nightly                   # runs compared, index.html
 exit codes: 0 ok, 1 failed (cluster error, Job failed, stuck or timed out), 2 bad spec or usage.
 spec reference: docs/launcher.md
 """
+
+SPEC_KEYS = frozenset(f.name for f in fields(JobSpec)) - {"train"}
 
 
 class UsageError(Exception):
     pass
 
 
-def _parser() -> argparse.ArgumentParser:
-    conn = argparse.ArgumentParser(add_help=False)
-    g = conn.add_argument_group("cluster (like kubectl's flags; in a pod: the in-cluster config)")
-    g.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG or ~/.kube/config)")
-    g.add_argument("--context", help="kubeconfig context (default: the current context)")
-    g.add_argument("-n", "--namespace", default="",
-                   help="namespace (default: the spec's, else the context's, else 'default')")
-    g.add_argument("-v", "--verbose", action="store_true", help="log API calls")
+def _cluster_flags(parser: argparse.ArgumentParser, top: bool) -> None:
+    """kubectl's cluster flags. Accepted before the verb (``top``) and after it: after-verb
+    values are only set when given (SUPPRESS), so they never reset a before-verb one."""
+    def default(value):
+        return value if top else argparse.SUPPRESS
 
-    p = argparse.ArgumentParser(prog="python -m jobs", description="Render, submit and follow training Jobs from a job spec.",
+    g = parser.add_argument_group("cluster (like kubectl's flags, before or after the command; "
+                                  "in a pod: the in-cluster config)")
+    g.add_argument("--kubeconfig", default=default(None),
+                   help="kubeconfig file (default: $KUBECONFIG or ~/.kube/config)")
+    g.add_argument("--context", default=default(None), help="kubeconfig context (default: the current one)")
+    g.add_argument("-n", "--namespace", default=default(""),
+                   help="namespace (default: the spec's, else the context's, else 'default')")
+    g.add_argument("-v", "--verbose", action="store_true", default=default(False), help="log API calls")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m jobs",
+                                description="Render, submit, follow and operate training Jobs from a job spec.",
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _cluster_flags(p, top=True)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help: str, cluster: bool = True) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help, description=help)
+        if cluster:
+            _cluster_flags(sp, top=False)
+        return sp
+
+    def out_flag(sp: argparse.ArgumentParser, default: str = "") -> None:
+        sp.add_argument("-o", "--output", dest="output", choices=output.FORMATS, default=default or None,
+                        help="json, yaml, name (kind/name) or wide (more columns)"
+                        + (f"; default {default}" if default else "; default: text"))
 
     def spec_args(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("spec", metavar="SPEC", help="job spec YAML file (see examples/)")
         sp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a train: setting, e.g. --set epochs=3 (repeatable)")
+                        help="override a spec key (image=..., gpus=2, storage.credentials=secret) or "
+                             "a train: setting (epochs=3, train.model=seed_cnn); repeatable")
 
-    r = sub.add_parser("render", help="print the manifests as kubectl-ready YAML (no cluster needed)")
+    r = command("render", "print the manifests as kubectl-ready YAML (no cluster needed)", cluster=False)
     spec_args(r)
-    r.add_argument("-n", "--namespace", default="", help="write this namespace into the manifests")
+    r.add_argument("-n", "--namespace", default=argparse.SUPPRESS,
+                   help="write this namespace into the manifests")
+    out_flag(r, "yaml")
 
-    s = sub.add_parser("submit", parents=[conn], help="create the Job or CronJob (idempotent)")
+    s = command("submit", "create the Job or CronJob, or update a changed CronJob in place "
+                          "(server-side apply; idempotent)")
     spec_args(s)
+    s.add_argument("--dry-run", nargs="?", const="server", default="none",
+                   choices=("none", "server", "client"),
+                   help="server: the API server validates and defaults everything and stores "
+                        "nothing; client: only render (default: none)")
+    out_flag(s)
 
-    def name_parser(cmd: str, help: str) -> argparse.ArgumentParser:
-        sp = sub.add_parser(cmd, parents=[conn], help=help)
+    def name_command(cmd: str, help: str) -> argparse.ArgumentParser:
+        sp = command(cmd, help)
         sp.add_argument("name", metavar="NAME", help="the spec's name (a Job or CronJob)")
         return sp
 
-    name_parser("status", "state of a Job (its pods) or CronJob (its runs)")
-    lg = name_parser("logs", "the trainer's log (a CronJob: its newest run)")
+    st = name_command("status", "state of a Job (pods, progress: epoch, val accuracy, img/s, ETA) "
+                                "or CronJob (its runs)")
+    out_flag(st)
+    lg = name_command("logs", "the trainer's log (a CronJob: its newest run)")
     lg.add_argument("-f", "--follow", action="store_true",
                     help="stream until the Job ends, moving to each retry's new pod")
     lg.add_argument("--all-pods", action="store_true", help="every attempt's log, oldest first")
-    w = name_parser("wait", "wait until the Job ends; exit 1 with the reason if it failed")
-    w.add_argument("--timeout", type=float, default=86400, metavar="SECONDS",
-                   help="give up after this long (default: 86400)")
-    w.add_argument("--pending-timeout", type=float, default=600, metavar="SECONDS",
-                   help="fail when a pod cannot be scheduled or started for this long (default: 600)")
-    name_parser("delete", "delete a Job or CronJob, its pods and its ConfigMap")
-    sub.add_parser("list", parents=[conn], help="Jobs and CronJobs made by kubetrain, with state and age")
+    lg.add_argument("--tail", type=int, default=None, metavar="N", help="only the last N lines (of each pod)")
+    lg.add_argument("--since", type=duration, default=None, metavar="DURATION",
+                    help="only lines newer than this, e.g. 10m, 2h")
+    lg.add_argument("--timestamps", action="store_true", help="prefix each line with its time")
+    w = name_command("wait", "wait until the Job ends; exit 1 with the reason if it failed")
+    w.add_argument("--timeout", type=duration, default=86400, metavar="DURATION",
+                   help="give up after this long: 90s, 30m, 2h, or seconds (default: 24h)")
+    w.add_argument("--pending-timeout", type=duration, default=600, metavar="DURATION",
+                   help="fail when a pod cannot be scheduled or started for this long (default: 10m)")
+    name_command("delete", "delete a Job or CronJob, its pods and its ConfigMap")
+    rn = name_command("run-now", "start a run of a CronJob now (kubectl create job --from=cronjob/NAME), "
+                                 "into its own output directory")
+    rn.add_argument("--job-name", default="", help="the new Job's name (default: NAME-m<time>)")
+    out_flag(rn)
+    name_command("suspend", "suspend a CronJob (no new runs) or a Job (its pods stop, checkpointed)")
+    name_command("resume", "resume a suspended CronJob or Job")
+    ls = command("list", "Jobs and CronJobs made by kubetrain: state, age, progress")
+    out_flag(ls)
+    rs = command("runs", "list the runs under a run directory's parent (local or gs://) and write "
+                         "its index.html (table, trend plot)", cluster=False)
+    rs.add_argument("uri", metavar="URI", help="the parent of run directories, e.g. gs://bucket/runs/nightly")
+    rs.add_argument("--no-html", action="store_true", help="only print; do not write index.html")
+    rs.add_argument("-o", "--output", dest="output", choices=("json", "yaml", "wide"), default=None,
+                    help="json, yaml or wide (more columns); default: a table")
     return p
 
 
-def _spec(args: argparse.Namespace):
+def split_overrides(pairs: list[str]) -> tuple[dict, dict]:
+    """``--set`` pairs -> (spec-level overrides, train: overrides). A key naming a spec key
+    (``image``, ``gpus``, ``storage.secret``) goes to the spec, ``train.X`` and every other key
+    to ``train:``."""
     try:
-        overrides = parse_overrides(args.overrides)
+        values = parse_overrides(pairs)
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
-    return load_spec(args.spec, overrides)
+    train = values.pop("train", {})
+    if not isinstance(train, dict):
+        raise UsageError("--set train=... needs a key: --set train.KEY=VALUE")
+    spec = {k: values.pop(k) for k in list(values) if k in SPEC_KEYS}
+    return spec, {**values, **train}
+
+
+def _spec(args: argparse.Namespace):
+    spec_overrides, train_overrides = split_overrides(args.overrides)
+    return load_spec(args.spec, train_overrides, spec_overrides)
 
 
 def _namespace(args: argparse.Namespace, spec_namespace: str, default: str) -> str:
@@ -93,41 +166,145 @@ def _namespace(args: argparse.Namespace, spec_namespace: str, default: str) -> s
     return args.namespace or spec_namespace or default
 
 
+def _print_objects(objects: list[dict], fmt: str) -> None:
+    if fmt == "name":
+        sys.stdout.write(output.names(objects))
+    else:
+        data = objects[0] if len(objects) == 1 else output.as_list(objects)
+        sys.stdout.write(output.dump(data, fmt))
+
+
+def _render(args: argparse.Namespace) -> int:
+    from jobs.render import render, to_yaml
+
+    manifests = render(_spec(args), getattr(args, "namespace", ""))
+    if args.output == "yaml":
+        sys.stdout.write(to_yaml(manifests))
+    elif args.output == "wide":
+        print(output.table(_manifest_rows(manifests)))
+    else:
+        _print_objects(manifests, args.output)
+    return EXIT_OK
+
+
+def _manifest_rows(manifests: list[dict]) -> list[list[str]]:
+    from jobs.status import run_output
+
+    rows = [["KIND", "NAME", "NAMESPACE", "IMAGE", "SCHEDULE", "OUTPUT"]]
+    for m in manifests:
+        job = m["spec"]["jobTemplate"] if m["kind"] == "CronJob" else m if m["kind"] == "Job" else None
+        image = job["spec"]["template"]["spec"]["containers"][0]["image"] if job else "-"
+        out = run_output({**job, "metadata": {"name": "$(KUBETRAIN_JOB_NAME)"}}) if job else "-"
+        rows.append([output.resource_name(m), m["metadata"]["name"], m["metadata"].get("namespace", "-"),
+                     image, m["spec"].get("schedule", "-") if m["kind"] == "CronJob" else "-", out or "-"])
+    return rows
+
+
+def _submit(args: argparse.Namespace, cluster, spec, ns: str) -> int:
+    from jobs.submit import submit
+
+    done = submit(cluster, spec, ns, dry_run=args.dry_run == "server")
+    if args.output in ("json", "yaml", "name"):
+        _print_objects(done.objects, args.output)
+        return EXIT_OK
+    dry = " (server dry run)" if done.dry_run else ""
+    verb = {"created": "created", "configured": "configured (updated in place; its runs kept)",
+            "unchanged": "unchanged (already submitted with this spec)"}[done.action]
+    print(f"{done.kind.lower()}.batch/{done.name} {verb}{dry} in namespace {ns}")
+    if done.dry_run:
+        return EXIT_OK
+    flags = f"-n {ns}" + (f" --context {args.context}" if args.context else "")
+    if done.kind == "Job":
+        print(f"follow it:   python -m jobs logs {done.name} {flags} -f")
+        print(f"progress:    python -m jobs status {done.name} {flags}")
+        print(f"wait for it: python -m jobs wait {done.name} {flags}")
+    else:
+        print(f"runs on schedule {spec.schedule!r} ({spec.time_zone}); "
+              f"see them: python -m jobs status {done.name} {flags}; "
+              f"start one now: python -m jobs run-now {done.name} {flags}")
+    if args.output == "wide":
+        print(output.table(_manifest_rows(done.objects)))
+    return EXIT_OK
+
+
+def _status(args: argparse.Namespace, cluster, ns: str) -> int:
+    from jobs import follow, status
+
+    if args.output in ("json", "yaml"):
+        sys.stdout.write(output.dump(status.status_object(cluster, ns, args.name), args.output))
+        return EXIT_OK
+    if args.output == "name":
+        obj = status.status_object(cluster, ns, args.name)
+        print(output.resource_name({"kind": obj["kind"], "metadata": {"name": obj["name"]}}))
+        return EXIT_OK
+    print(follow.status_text(cluster, ns, args.name))
+    for line in status.progress_lines(status.status_object(cluster, ns, args.name)):
+        print(line)
+    return EXIT_OK
+
+
+def _list(args: argparse.Namespace, cluster, ns: str) -> int:
+    from jobs import listing
+
+    objects = listing.list_objects(cluster, ns)
+    if args.output in ("json", "yaml"):
+        sys.stdout.write(output.dump(output.as_list(objects), args.output))
+    elif args.output == "name":
+        sys.stdout.write(output.names([{"kind": o["kind"], "metadata": {"name": o["name"]}}
+                                       for o in objects]))
+    else:
+        print(output.table(listing.rows(objects, wide=args.output == "wide")))
+    return EXIT_OK
+
+
+def _runs(args: argparse.Namespace) -> int:
+    from jobs import runs
+
+    found = runs.collect(args.uri)
+    if args.output in ("json", "yaml"):
+        sys.stdout.write(output.dump([r.to_dict() for r in found], args.output))
+    else:
+        print(output.table(runs.rows(found, wide=args.output == "wide")))
+    if not args.no_html:
+        index = runs.write_index(args.uri, found)
+        print(f"wrote {index}", file=sys.stderr if args.output else sys.stdout)
+    return EXIT_OK
+
+
 def _run(args: argparse.Namespace) -> int:
     if args.command == "render":
-        from jobs.render import render, to_yaml
-
-        sys.stdout.write(to_yaml(render(_spec(args), args.namespace)))
-        return EXIT_OK
+        return _render(args)
+    if args.command == "runs":
+        return _runs(args)
 
     from jobs import follow
     from jobs.cluster import connect
-    from jobs.submit import delete, submit
 
     spec = _spec(args) if args.command == "submit" else None
+    if spec is not None and args.dry_run == "client":
+        from jobs.render import render, to_yaml
+
+        manifests = render(spec, args.namespace)
+        if args.output in (None, "yaml"):
+            sys.stdout.write(to_yaml(manifests))
+        else:
+            _print_objects(manifests, "json" if args.output == "wide" else args.output)
+        return EXIT_OK
     cluster = connect(args.kubeconfig, args.context)
     ns = _namespace(args, spec.namespace if spec else "", cluster.default_namespace)
     err = lambda line: print(line, file=sys.stderr, flush=True)
 
     if args.command == "submit":
-        done = submit(cluster, spec, ns)
-        verb = "created" if done.created else "unchanged (already submitted with this spec)"
-        print(f"{done.kind.lower()}.batch/{done.name} {verb} in namespace {ns}")
-        flags = f"-n {ns}" + (f" --context {args.context}" if args.context else "")
-        if done.kind == "Job":
-            print(f"follow it:   python -m jobs logs {done.name} {flags} -f")
-            print(f"wait for it: python -m jobs wait {done.name} {flags}")
-        else:
-            print(f"runs on schedule {spec.schedule!r} ({spec.time_zone}); "
-                  f"see them: python -m jobs status {done.name} {flags}")
-        return EXIT_OK
+        return _submit(args, cluster, spec, ns)
     if args.command == "status":
-        print(follow.status_text(cluster, ns, args.name))
-        return EXIT_OK
+        return _status(args, cluster, ns)
+    if args.command == "list":
+        return _list(args, cluster, ns)
     if args.command == "logs":
         name = follow.resolve_job(cluster, ns, args.name)
-        for line in follow.stream_logs(cluster, ns, name, follow=args.follow,
-                                       all_pods=args.all_pods, report=err):
+        for line in follow.stream_logs(cluster, ns, name, follow=args.follow, all_pods=args.all_pods,
+                                       report=err, tail_lines=args.tail, since_seconds=args.since,
+                                       timestamps=args.timestamps):
             print(line, flush=args.follow)
         return EXIT_OK
     if args.command == "wait":
@@ -137,11 +314,29 @@ def _run(args: argparse.Namespace) -> int:
         print(message, file=sys.stdout if code == EXIT_OK else sys.stderr)
         return code
     if args.command == "delete":
+        from jobs.submit import delete
+
         kind = delete(cluster, args.name, ns)
         print(f"{kind.lower()}.batch/{args.name} deleted from namespace {ns} (with its pods and config)")
         return EXIT_OK
-    if args.command == "list":
-        print(follow.format_table(follow.list_rows(cluster, ns)))
+    if args.command == "run-now":
+        from jobs.control import run_now
+        from jobs.status import run_output
+
+        job = run_now(cluster, ns, args.name, args.job_name)
+        if args.output in ("json", "yaml", "name"):
+            _print_objects([job], args.output)
+            return EXIT_OK
+        name = job["metadata"]["name"]
+        print(f"job.batch/{name} created in namespace {ns} from cronjob {args.name}; "
+              f"output {run_output(job)}")
+        print(f"follow it: python -m jobs logs {name} -n {ns} -f")
+        return EXIT_OK
+    if args.command in ("suspend", "resume"):
+        from jobs.control import set_suspended
+
+        kind, _ = set_suspended(cluster, ns, args.name, args.command == "suspend")
+        print(f"{kind.lower()}.batch/{args.name} {args.command}d in namespace {ns}")
         return EXIT_OK
     raise UsageError(f"unknown command {args.command!r}")
 
@@ -151,6 +346,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     from jobs.cluster import ClusterError
+    from trainer.errors import TrainerError
 
     try:
         return _run(args)
@@ -160,6 +356,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ClusterError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    except TrainerError as exc:  # jobs runs: a storage error (missing bucket, credentials)
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 IN_CLUSTER_NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 REQUEST_TIMEOUT_SECONDS = 30  # one ordinary API call; watches and log streams set their own
+FIELD_MANAGER = "kubetrain"  # server-side apply: the owner of the fields submit sets
 
 
 class ClusterError(Exception):
@@ -106,12 +107,33 @@ class Cluster:
                 "Pod": self.core.read_namespaced_pod}[kind]
         return _call(what, read, name, namespace)
 
-    def create(self, namespace: str, manifest: dict) -> dict:
+    def create(self, namespace: str, manifest: dict, dry_run: bool = False) -> dict:
+        """Create ``manifest``; with ``dry_run`` the API server validates it and stores nothing."""
         kind, name = manifest["kind"], manifest["metadata"]["name"]
         create = {"Job": self.batch.create_namespaced_job,
                   "CronJob": self.batch.create_namespaced_cron_job,
                   "ConfigMap": self.core.create_namespaced_config_map}[kind]
-        return _call(f"create {kind.lower()} {namespace}/{name}", create, namespace, manifest)
+        extra = {"dry_run": "All"} if dry_run else {}
+        return _call(f"create {kind.lower()} {namespace}/{name}", create, namespace, manifest, **extra)
+
+    def apply(self, namespace: str, manifest: dict, dry_run: bool = False) -> dict:
+        """Server-side apply (``kubectl apply --server-side``): the API server merges the fields
+        kubetrain manages into the live object, keeping what others set (status, history)."""
+        kind, name = manifest["kind"], manifest["metadata"]["name"]
+        patch = {"Job": self.batch.patch_namespaced_job,
+                 "CronJob": self.batch.patch_namespaced_cron_job,
+                 "ConfigMap": self.core.patch_namespaced_config_map}[kind]
+        extra = {"dry_run": "All"} if dry_run else {}
+        return _call(f"apply {kind.lower()} {namespace}/{name}", patch, name, namespace, manifest,
+                     field_manager=FIELD_MANAGER, force=True,
+                     _content_type="application/apply-patch+yaml", **extra)
+
+    def patch(self, kind: str, namespace: str, name: str, patch: dict) -> dict:
+        """A merge patch of a few fields, e.g. ``{"spec": {"suspend": True}}``."""
+        func = {"Job": self.batch.patch_namespaced_job,
+                "CronJob": self.batch.patch_namespaced_cron_job}[kind]
+        return _call(f"patch {kind.lower()} {namespace}/{name}", func, name, namespace, patch,
+                     _content_type="application/merge-patch+json")
 
     def replace_config_map(self, namespace: str, manifest: dict) -> dict:
         name = manifest["metadata"]["name"]
@@ -180,15 +202,24 @@ class Cluster:
         finally:
             w.stop()
 
-    def logs(self, namespace: str, pod: str, container: str, follow: bool = False) -> Iterator[str]:
-        """The container's log, line by line; with ``follow``, until the container exits."""
+    def logs(self, namespace: str, pod: str, container: str, follow: bool = False, *,
+             tail_lines: int | None = None, since_seconds: int | None = None,
+             timestamps: bool = False) -> Iterator[str]:
+        """The container's log, line by line; with ``follow``, until the container exits.
+        ``tail_lines``, ``since_seconds`` and ``timestamps`` are kubectl's --tail, --since and
+        --timestamps."""
         from kubernetes.client.exceptions import ApiException
         from urllib3.exceptions import HTTPError
 
         what = f"logs of pod {namespace}/{pod}"
+        extra: dict[str, Any] = {"timestamps": True} if timestamps else {}
+        if tail_lines is not None:
+            extra["tail_lines"] = tail_lines
+        if since_seconds is not None:
+            extra["since_seconds"] = max(1, int(since_seconds))
         try:
             resp = self.core.read_namespaced_pod_log(
-                pod, namespace, container=container, follow=follow, _preload_content=False,
+                pod, namespace, container=container, follow=follow, _preload_content=False, **extra,
                 _request_timeout=None if follow else REQUEST_TIMEOUT_SECONDS)
             try:
                 pending = b""

@@ -265,10 +265,13 @@ def progress_line(name: str, state: JobState, pods: list[dict]) -> str:
 
 def stream_logs(cluster: Cluster, namespace: str, name: str, *, follow: bool, all_pods: bool,
                 report: Callable[[str], None] = lambda line: None,
-                window_seconds: float = WINDOW_SECONDS) -> Iterator[str]:
+                window_seconds: float = WINDOW_SECONDS, tail_lines: int | None = None,
+                since_seconds: float | None = None, timestamps: bool = False) -> Iterator[str]:
     """The trainer's log lines. Without ``follow``: the newest pod's (every pod's with
     ``all_pods``). With ``follow``: from the newest pod on, moving to each retry's new pod,
-    until the Job finishes."""
+    until the Job finishes. ``tail_lines``/``since_seconds``/``timestamps``: kubectl's
+    --tail/--since/--timestamps, per pod."""
+    opts = {"tail_lines": tail_lines, "since_seconds": since_seconds, "timestamps": timestamps}
     pods = sorted_pods(cluster.list("Pod", namespace, pod_selector(name))["items"])
     if not follow:
         chosen = pods if all_pods else pods[-1:]
@@ -279,7 +282,7 @@ def stream_logs(cluster: Cluster, namespace: str, name: str, *, follow: bool, al
         for pod in chosen:
             if len(chosen) > 1:
                 yield f"==> pod {pod['metadata']['name']} <=="
-            yield from cluster.logs(namespace, pod["metadata"]["name"], CONTAINER)
+            yield from cluster.logs(namespace, pod["metadata"]["name"], CONTAINER, **opts)
         return
 
     done: set[str] = set() if all_pods else {p["metadata"]["name"] for p in pods[:-1]}
@@ -309,7 +312,7 @@ def stream_logs(cluster: Cluster, namespace: str, name: str, *, follow: bool, al
                 _watch_window(cluster, "Pod", namespace, pod, pod_name, window_seconds)
             continue
         report(f"==> pod {pod_name} ({phase}) <==")
-        yield from cluster.logs(namespace, pod_name, CONTAINER, follow=True)
+        yield from cluster.logs(namespace, pod_name, CONTAINER, follow=True, **opts)
         done.add(pod_name)
         try:
             pod = cluster.get("Pod", namespace, pod_name)

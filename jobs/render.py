@@ -26,6 +26,7 @@ from typing import Any
 
 import yaml
 
+from jobs import __version__
 from jobs.spec import JobSpec
 from trainer.errors import FAIL_JOB, IGNORE, codes_with_action
 
@@ -39,7 +40,8 @@ RUN_AS = 10001  # the image's non-root user (docker/Dockerfile); above 10000, ou
 GPU_RESOURCE = "nvidia.com/gpu"
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"  # set on every pod by the Job controller (>= 1.27)
-SPEC_HASH_ANNOTATION = "kubetrain/spec-hash"
+DOMAIN = "kubetrain.dev"  # prefix of kubetrain's own annotations
+SPEC_HASH_ANNOTATION = f"{DOMAIN}/spec-hash"
 MANAGED_BY = {"app.kubernetes.io/managed-by": TOOL}
 # GKE schedules pods that use Workload Identity only on nodes running the metadata server.
 WORKLOAD_IDENTITY_NODE_SELECTOR = {"iam.gke.io/gke-metadata-server-enabled": "true"}
@@ -52,6 +54,7 @@ def labels(spec: JobSpec) -> dict[str, str]:
         "app.kubernetes.io/instance": spec.name,
         "app.kubernetes.io/component": CONTAINER,
         "app.kubernetes.io/part-of": TOOL,
+        "app.kubernetes.io/version": __version__,  # the launcher that rendered it
         **MANAGED_BY,
     }
 

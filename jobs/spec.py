@@ -298,11 +298,16 @@ def _cross_checks(spec: JobSpec, given: set[str]) -> JobSpec:
 
 
 def parse_spec(values: Mapping[str, Any], source: str = "spec",
-               train_overrides: Mapping[str, Any] | None = None) -> JobSpec:
-    """Validate a spec mapping (as read from YAML) into a frozen JobSpec, or raise SpecError."""
+               train_overrides: Mapping[str, Any] | None = None,
+               spec_overrides: Mapping[str, Any] | None = None) -> JobSpec:
+    """Validate a spec mapping (as read from YAML) into a frozen JobSpec, or raise SpecError.
+    ``spec_overrides`` (top-level keys, e.g. ``{"gpus": 2}``) and ``train_overrides`` (keys of
+    ``train:``) are laid over it first (``--set``)."""
     try:
         if not isinstance(values, Mapping):
             raise SpecError("expected a mapping of spec keys at the top level")
+        if spec_overrides:
+            values = merge_values(values, spec_overrides)
         if train_overrides and isinstance(values.get("train"), Mapping):
             values = {**values, "train": merge_values(values["train"], train_overrides)}
         return _cross_checks(_build(JobSpec, values), set(values))
@@ -310,7 +315,8 @@ def parse_spec(values: Mapping[str, Any], source: str = "spec",
         raise SpecError(f"{source}: {exc}") from None
 
 
-def load_spec(path: str | Path, train_overrides: Mapping[str, Any] | None = None) -> JobSpec:
+def load_spec(path: str | Path, train_overrides: Mapping[str, Any] | None = None,
+              spec_overrides: Mapping[str, Any] | None = None) -> JobSpec:
     """Read and validate a spec file; SpecError (one line, naming the file) on any problem."""
     path = Path(path)
     try:
@@ -321,7 +327,7 @@ def load_spec(path: str | Path, train_overrides: Mapping[str, Any] | None = None
         values = read_yaml(text, str(path))
     except ConfigError as exc:
         raise SpecError(str(exc)) from None
-    return parse_spec(values, str(path), train_overrides)
+    return parse_spec(values, str(path), train_overrides, spec_overrides)
 
 
 def key_docs() -> list[tuple[str, str, Any, tuple[str, ...] | None]]:

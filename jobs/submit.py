@@ -1,15 +1,24 @@
 """Sending a rendered spec to the cluster, idempotently, and taking it away again.
 
-``submit`` creates the ConfigMap, then the Job (or CronJob), then makes the workload own the
-ConfigMap so Kubernetes' garbage collector removes both together (``ttlSecondsAfterFinished``,
-``delete``). Submitting the same spec twice reports the existing workload; submitting a changed
-spec under a name that exists is refused (delete it first, or rename).
+``submit`` applies the ConfigMap and the Job (or CronJob) with server-side apply (field
+manager ``kubetrain``), then makes the workload own the ConfigMap so Kubernetes' garbage
+collector removes both together (``ttlSecondsAfterFinished``, ``delete``).
+
+* the same spec again: nothing is sent, the existing workload is reported ("unchanged");
+* a changed spec for a CronJob: both objects are applied in place ("configured"): the CronJob
+  keeps its uid, its runs and their history, and the next run uses the new template;
+* a changed spec for a Job that exists: refused. A Job's pod template cannot change once it
+  ran; the message says how out (delete it, or rename);
+* ``dry_run``: the API server validates and defaults everything (admission included) and
+  stores nothing (``kubectl apply --dry-run=server``).
+
+Objects of the same name that kubetrain did not make are never touched.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from jobs import render
 from jobs.cluster import Cluster, ClusterError, Conflict, NotFound
@@ -17,13 +26,21 @@ from jobs.spec import JobSpec, config_map_name
 
 log = logging.getLogger(__name__)
 
+CREATED, CONFIGURED, UNCHANGED = "created", "configured", "unchanged"
+
 
 @dataclass(frozen=True)
 class Submitted:
     kind: str  # Job or CronJob
     name: str
     namespace: str
-    created: bool  # False: the same spec was already there
+    action: str  # created, configured (a CronJob changed in place) or unchanged
+    dry_run: bool = False
+    objects: list = field(default_factory=list)  # what the API server returned (or holds)
+
+    @property
+    def created(self) -> bool:
+        return self.action == CREATED
 
 
 def _managed(obj: dict) -> bool:
@@ -35,52 +52,65 @@ def _hash(obj: dict) -> str:
     return (obj.get("metadata", {}).get("annotations") or {}).get(render.SPEC_HASH_ANNOTATION, "")
 
 
-def _check_existing(existing: dict, workload: dict, namespace: str) -> None:
+def _get(cluster: Cluster, kind: str, namespace: str, name: str) -> dict | None:
+    try:
+        return cluster.get(kind, namespace, name)
+    except NotFound:
+        return None
+
+
+def _action(existing: dict | None, workload: dict, namespace: str) -> str:
+    """What submitting ``workload`` over ``existing`` means, or Conflict when it must not."""
+    if existing is None:
+        return CREATED
     kind, name = workload["kind"], workload["metadata"]["name"]
-    if _hash(existing) != _hash(workload):
-        what = "is not managed by kubetrain" if not _managed(existing) else "has a different spec"
-        raise Conflict(f"{kind.lower()} {namespace}/{name} already exists and {what}; delete it "
-                       f"first (python -m jobs delete {name} -n {namespace}) or change 'name'")
+    if not _managed(existing):
+        raise Conflict(f"{kind.lower()} {namespace}/{name} already exists and is not managed by "
+                       "kubetrain; change 'name' (kubetrain never touches objects it did not make)")
+    if _hash(existing) == _hash(workload):
+        return UNCHANGED
+    if kind == "Job":
+        raise Conflict(f"job {namespace}/{name} already exists with a different spec, and a Job "
+                       "cannot change once it ran: delete it first (python -m jobs delete "
+                       f"{name} -n {namespace}) and submit again, or change 'name'")
+    return CONFIGURED
 
 
-def submit(cluster: Cluster, spec: JobSpec, namespace: str) -> Submitted:
-    """Create the spec's objects in ``namespace``; idempotent for an unchanged spec."""
+def submit(cluster: Cluster, spec: JobSpec, namespace: str, dry_run: bool = False) -> Submitted:
+    """Apply the spec's objects in ``namespace`` (see the module docstring)."""
     config_map, workload = render.render(spec, namespace)
     kind, name = workload["kind"], workload["metadata"]["name"]
-    try:
-        _check_existing(cluster.get(kind, namespace, name), workload, namespace)
-        return Submitted(kind, name, namespace, created=False)
-    except NotFound:
-        pass
-    try:
-        cluster.get("ServiceAccount", namespace, spec.service_account)
-    except NotFound:
-        raise NotFound(f"serviceaccount {namespace}/{spec.service_account} does not exist, so no pod "
-                       "could start: apply k8s/base (kubectl apply -k k8s/overlays/...) to this "
-                       "namespace, or set 'service_account' in the spec") from None
+    existing = _get(cluster, kind, namespace, name)
+    action = _action(existing, workload, namespace)
+    if action == UNCHANGED:
+        return Submitted(kind, name, namespace, action, dry_run, [existing])
+    if action == CREATED:
+        try:
+            cluster.get("ServiceAccount", namespace, spec.service_account)
+        except NotFound:
+            raise NotFound(f"serviceaccount {namespace}/{spec.service_account} does not exist, so "
+                           "no pod could start: apply k8s/base (kubectl apply -k k8s/overlays/...) "
+                           "to this namespace, or set 'service_account' in the spec") from None
+    current = _get(cluster, "ConfigMap", namespace, spec.config_map_name)
+    if current is not None and not _managed(current):
+        raise Conflict(f"configmap {namespace}/{spec.config_map_name} exists and is not managed "
+                       "by kubetrain; refusing to overwrite it (change 'name')")
 
+    applied_map = cluster.apply(namespace, config_map, dry_run=dry_run)
     try:
-        cluster.create(namespace, config_map)
-    except Conflict:
-        current = cluster.get("ConfigMap", namespace, spec.config_map_name)
-        if not _managed(current):
-            raise Conflict(f"configmap {namespace}/{spec.config_map_name} exists and is not managed "
-                           "by kubetrain; refusing to overwrite it (change 'name')") from None
-        # Left by an earlier submit that stopped before creating the workload.
-        config_map["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
-        cluster.replace_config_map(namespace, config_map)
-
-    try:
-        created = cluster.create(namespace, workload)
+        applied = cluster.apply(namespace, workload, dry_run=dry_run)
     except Conflict:  # someone submitted the same name a moment ago
-        _check_existing(cluster.get(kind, namespace, name), workload, namespace)
-        return Submitted(kind, name, namespace, created=False)
-    try:
-        cluster.set_owner(namespace, spec.config_map_name, created)
-    except ClusterError as exc:  # the workload runs fine; only the clean-up is manual
-        log.warning("could not attach configmap %s to %s %s: %s", spec.config_map_name,
-                    kind.lower(), name, exc)
-    return Submitted(kind, name, namespace, created=True)
+        existing = cluster.get(kind, namespace, name)
+        if _action(existing, workload, namespace) != UNCHANGED:
+            raise
+        return Submitted(kind, name, namespace, UNCHANGED, dry_run, [existing])
+    if action == CREATED and not dry_run:
+        try:
+            cluster.set_owner(namespace, spec.config_map_name, applied)
+        except ClusterError as exc:  # the workload runs fine; only the clean-up is manual
+            log.warning("could not attach configmap %s to %s %s: %s", spec.config_map_name,
+                        kind.lower(), name, exc)
+    return Submitted(kind, name, namespace, action, dry_run, [applied_map, applied])
 
 
 def delete(cluster: Cluster, name: str, namespace: str) -> str:

@@ -32,6 +32,7 @@ from trainer import multiworker
 from trainer.checkpoint import Checkpointer
 from trainer.config import TrainConfig
 from trainer.errors import ConfigError
+from trainer.observer import RunObserver
 from trainer.storage import RunDir
 
 log = logging.getLogger(__name__)
@@ -102,8 +103,15 @@ def run(cfg: TrainConfig, stop) -> dict:
              runtime.replicas, trainer.steps_per_epoch)
     checkpointer = Checkpointer(run_dir, trainer.model, trainer.optimizer, cfg.keep_checkpoints,
                                 is_chief=runtime.is_chief)
+    observer = RunObserver(run_dir, epochs=cfg.epochs, steps_per_epoch=trainer.steps_per_epoch,
+                           global_batch=trainer.global_batch, learning_rate=trainer._current_lr,
+                           enabled=checkpointer.is_chief)
     with data_lib.stream_errors(dataset):
-        result = trainer.fit(checkpointer, stop)
+        try:
+            result = trainer.fit(checkpointer, stop, observer)
+        except BaseException as exc:
+            observer.stopped(exc)
+            raise
         test = trainer.evaluate("test", collect=True)
     if not runtime.is_chief:
         log.info("worker %d done: test accuracy %.4f; worker 0 writes the report and model",
@@ -133,6 +141,7 @@ def run(cfg: TrainConfig, stop) -> dict:
             "train_seconds": result.train_seconds,
             "wall_seconds": time.monotonic() - wall_start,
             "output": cfg.output,
+            "cost": observer.cost(runtime.device_kind, runtime.replicas, result.train_seconds),
         },
     )
     decision = None
@@ -160,6 +169,7 @@ def run(cfg: TrainConfig, stop) -> dict:
     report_dir = run_dir.staging("report")
     report_into(report_dir)
     run_dir.publish(report_dir, "report")
+    observer.finished(metrics, run_dir.local / "report")
     log.info("test accuracy %.4f, test loss %.4f; report: %s", metrics["test_accuracy"],
              metrics["test_loss"], run_dir.uri_of("report/report.html"))
 

@@ -201,10 +201,15 @@ class Trainer:
         lr = self.optimizer.learning_rate
         return float(lr.numpy() if hasattr(lr, "numpy") else lr)
 
-    def fit(self, checkpointer: Checkpointer, stop: StopRequest) -> FitResult:
+    def fit(self, checkpointer: Checkpointer, stop: StopRequest, observer=None) -> FitResult:
+        """Train the remaining epochs. ``observer`` (``trainer.observer``) gets a call per
+        chunk and per epoch: progress record and TensorBoard events."""
         import tensorflow as tf
 
+        from trainer.observer import NullObserver
+
         cfg, strategy = self.cfg, self.rt.strategy
+        observer = observer or NullObserver()
         pos = checkpointer.restore() or Position()
         resumed_from = (pos.epoch, pos.step) if (pos.epoch or pos.step) else None
         history = {k: list(v) for k, v in pos.history.items()}
@@ -239,6 +244,7 @@ class Trainer:
                     raise FloatingPointError(f"loss became {chunk[0]} in epoch {epoch + 1}, step {step}; "
                                              "lower the learning rate")
                 progress.update(epoch + 1, cfg.epochs, step, self.steps_per_epoch, totals[0] / max(1, totals[2]))
+                observer.chunk(epoch, step, n, chunk)
                 if self.rt.workers == 1:
                     stopping = bool(stop)
                 if stopping and step < self.steps_per_epoch:
@@ -269,6 +275,7 @@ class Trainer:
             for key, value in row.items():
                 history.setdefault(key, []).append(float(value))
             checkpointer.save(Position(epoch + 1, 0, history, {}))
+            observer.epoch(epoch + 1, row)
             log.info(
                 "epoch %d/%d - %.1fs - %.0f img/s - loss %.4f - accuracy %.4f - val_loss %.4f - val_accuracy %.4f",
                 epoch + 1, cfg.epochs, seconds, row["images_per_second"], row["loss"], row["accuracy"],

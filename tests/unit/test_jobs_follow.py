@@ -69,11 +69,34 @@ class FakeCluster:
         self.objects[(obj["kind"], namespace, meta["name"])] = obj
         return obj
 
-    def create(self, namespace, manifest):
-        self.calls.append(f"create {manifest['kind']}")
+    def create(self, namespace, manifest, dry_run=False):
+        self.calls.append(f"create {manifest['kind']}" + (" (dry run)" if dry_run else ""))
         if (manifest["kind"], namespace, manifest["metadata"]["name"]) in self.objects:
             raise Conflict("already exists")
-        return self.put(manifest, namespace)
+        return copy.deepcopy(manifest) if dry_run else self.put(manifest, namespace)
+
+    def apply(self, namespace, manifest, dry_run=False):
+        """Server-side apply, roughly: the manifest's fields over the live object's."""
+        self.calls.append(f"apply {manifest['kind']}" + (" (dry run)" if dry_run else ""))
+        key = (manifest["kind"], namespace, manifest["metadata"]["name"])
+        merged = copy.deepcopy(manifest)
+        live = self.objects.get(key)
+        if live is not None:
+            meta = merged["metadata"]
+            for k in ("uid", "creationTimestamp", "ownerReferences"):
+                if k in live["metadata"]:
+                    meta[k] = live["metadata"][k]
+            if "status" in live:
+                merged["status"] = live["status"]
+        if dry_run:
+            return merged
+        return self.put(merged, namespace)
+
+    def patch(self, kind, namespace, name, patch):
+        self.calls.append(f"patch {kind} {patch}")
+        obj = self.objects[(kind, namespace, name)]
+        obj["spec"].update(patch["spec"])
+        return copy.deepcopy(obj)
 
     def replace_config_map(self, namespace, manifest):
         self.calls.append("replace ConfigMap")
@@ -107,7 +130,7 @@ class FakeCluster:
         step(self)
         yield "MODIFIED", {}
 
-    def logs(self, namespace, pod, container, follow=False):
+    def logs(self, namespace, pod, container, follow=False, **opts):
         assert container == "trainer"
         yield from self.logs_of.get(pod, [])
         if follow and pod in self.after_logs:
@@ -154,7 +177,7 @@ def test_submit_creates_config_then_job_then_links_them():
     c = FakeCluster()
     done = submit(c, parse_spec(SPEC), NS)
     assert (done.kind, done.name, done.created) == ("Job", "digits", True)
-    assert c.calls == ["create ConfigMap", "create Job", "own ConfigMap by Job"]
+    assert c.calls == ["apply ConfigMap", "apply Job", "own ConfigMap by Job"]
     owner = c.get("ConfigMap", NS, "digits-config")["metadata"]["ownerReferences"][0]
     assert owner["uid"] == c.get("Job", NS, "digits")["metadata"]["uid"]
 
@@ -173,7 +196,8 @@ def test_submit_is_idempotent_and_refuses_a_changed_spec():
     c.calls.clear()
     assert submit(c, parse_spec(SPEC), NS).created is False
     assert c.calls == []
-    with pytest.raises(Conflict, match=r"has a different spec; delete it first \(python -m jobs delete digits -n ml\)"):
+    with pytest.raises(Conflict, match=r"different spec, and a Job cannot change once it ran: "
+                                        r"delete it first \(python -m jobs delete digits -n ml\)"):
         submit(c, parse_spec({**SPEC, "gpus": 1}), NS)
 
 
@@ -187,7 +211,7 @@ def test_submit_reuses_its_own_leftover_config_map_but_not_someone_elses():
     c = FakeCluster()
     c.put(render.render(parse_spec(SPEC), NS)[0])  # left by an interrupted submit
     assert submit(c, parse_spec(SPEC), NS).created
-    assert "replace ConfigMap" in c.calls
+    assert "apply ConfigMap" in c.calls
 
     c = FakeCluster()
     c.put({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "digits-config"}})

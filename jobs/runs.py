@@ -1,0 +1,228 @@
+"""``python -m jobs runs URI``: the runs under one parent directory (a nightly CronJob's
+``train.output``, local or ``gs://``), compared: start, duration, test accuracy, promoted or
+not, cost; and ``URI/index.html``, a page with the same table linking each run's report and a
+trend plot of accuracy per run (``URI/runs_trend.png``), promoted runs marked.
+
+A run directory is recognised by its ``progress.json`` or ``report/metrics.json`` (written by
+the trainer); anything else under the parent is skipped. Links are relative
+(``RUN/report/report.html``), so the page works wherever the directory is served or copied.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import io
+import json
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+
+from trainer import progress, uris
+
+log = logging.getLogger(__name__)
+
+INDEX = "index.html"
+TREND = "runs_trend.png"
+METRICS = "report/metrics.json"
+REPORT = "report/report.html"
+
+
+@dataclass(frozen=True)
+class Run:
+    name: str
+    uri: str
+    state: str  # finished, training, evaluating, preempted, failed, unknown
+    started: str | None  # UTC ISO 8601
+    duration_seconds: float | None
+    test_accuracy: float | None
+    promoted: bool | None  # None: the run had no promote_to
+    epochs: int | None
+    device: str | None
+    device_count: int | None
+    gpu_hours: float | None
+    attempts: int | None
+    preemptions_survived: int | None
+    has_report: bool
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _json(text: str | None) -> dict | None:
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def read_run(parent: str, name: str) -> Run | None:
+    """The run in ``parent/name``, or None when it holds no trainer run."""
+    uri = uris.join(parent, name)
+    metrics = _json(uris.read_text(uris.join(uri, METRICS)))
+    record = progress.parse(uris.read_text(uris.join(uri, progress.FILE)))
+    if metrics is None and record is None:
+        return None
+    record = record or {}
+    cost = (metrics or {}).get("cost") or {}
+    promotion = (metrics or {}).get("promotion")
+    state = record.get("state") or ("finished" if metrics else "unknown")
+    if metrics and state != "finished":
+        state = "finished" if record.get("state") in (None, "evaluating") else state
+    return Run(
+        name=name, uri=uri, state=state,
+        started=record.get("started"),
+        duration_seconds=cost.get("wall_seconds") or record.get("wall_seconds"),
+        test_accuracy=(metrics or {}).get("test_accuracy"),
+        promoted=bool(promotion.get("promote")) if isinstance(promotion, dict) else None,
+        epochs=(metrics or {}).get("epochs_completed") or record.get("epoch"),
+        device=cost.get("device") or (metrics or {}).get("device"),
+        device_count=cost.get("device_count") or (metrics or {}).get("replicas"),
+        gpu_hours=cost.get("gpu_hours"),
+        attempts=cost.get("attempts") or record.get("attempt"),
+        preemptions_survived=cost.get("preemptions_survived", record.get("preemptions")),
+        has_report=metrics is not None,
+    )
+
+
+def collect(parent: str) -> list[Run]:
+    """Every run under ``parent``, oldest first (by start time, then name)."""
+    names = uris.child_dirs(parent)
+    if not names:
+        return []
+    with ThreadPoolExecutor(max_workers=min(8, len(names))) as pool:
+        found = [r for r in pool.map(lambda n: read_run(parent, n), names) if r is not None]
+    return sorted(found, key=lambda r: (r.started or "9999", r.name))
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = round(seconds)
+    h, rest = divmod(seconds, 3600)
+    return f"{h}h{rest // 60:02d}m" if h else f"{rest // 60}m{rest % 60:02d}s"
+
+
+def _acc(value: float | None) -> str:
+    return f"{value:.4f}" if isinstance(value, (int, float)) else "-"
+
+
+def _promoted(value: bool | None) -> str:
+    return "-" if value is None else ("yes" if value else "no")
+
+
+def rows(runs: list[Run], wide: bool = False) -> list[list[str]]:
+    header = ["RUN", "STARTED", "DURATION", "STATE", "TEST ACC", "PROMOTED"]
+    if wide:
+        header += ["EPOCHS", "DEVICE", "GPU-HOURS", "ATTEMPTS", "PREEMPTIONS", "URI"]
+    out = [header]
+    for r in runs:
+        row = [r.name, r.started or "-", _duration(r.duration_seconds), r.state,
+               _acc(r.test_accuracy), _promoted(r.promoted)]
+        if wide:
+            row += [str(r.epochs or "-"), f"{r.device_count or ''} {r.device or '-'}".strip(),
+                    "-" if r.gpu_hours is None else f"{r.gpu_hours:.3f}", str(r.attempts or "-"),
+                    "-" if r.preemptions_survived is None else str(r.preemptions_survived), r.uri]
+        out.append(row)
+    return out
+
+
+def trend_png(runs: list[Run]) -> bytes | None:
+    """Test accuracy per run (oldest left), promoted runs marked; None with no finished run."""
+    points = [(i, r) for i, r in enumerate(runs) if isinstance(r.test_accuracy, (int, float))]
+    if not points:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(max(6.0, 0.5 * len(runs) + 2), 3.6), layout="constrained")
+    ax = fig.add_subplot()
+    xs = [i for i, _ in points]
+    ys = [r.test_accuracy for _, r in points]
+    ax.plot(xs, ys, "-o", color="#4a7bd0", label="test accuracy", zorder=2)
+    promoted = [(i, r.test_accuracy) for i, r in points if r.promoted]
+    if promoted:
+        ax.scatter([p[0] for p in promoted], [p[1] for p in promoted], s=160, marker="*",
+                   color="#2e9d4f", zorder=3, label="promoted")
+    ax.set_xticks(range(len(runs)))
+    ax.set_xticklabels([r.name if len(r.name) <= 22 else "…" + r.name[-21:] for r in runs],
+                       rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("test accuracy")
+    ax.set_title("Test accuracy per run")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    return buf.getvalue()
+
+
+def render_index(parent: str, runs: list[Run], with_trend: bool,
+                 now: dt.datetime | None = None) -> str:
+    """The self-contained index page (links and the plot are relative)."""
+    esc = html.escape
+    now = now or dt.datetime.now(dt.timezone.utc)
+    body_rows = []
+    for r in runs:
+        name = (f'<a href="{esc(r.name)}/{REPORT}">{esc(r.name)}</a>' if r.has_report
+                else esc(r.name))
+        promoted = {None: "-", True: '<span class="yes">yes</span>', False: "no"}[r.promoted]
+        body_rows.append(
+            f"<tr><td>{name}</td><td>{esc(r.started or '-')}</td>"
+            f"<td>{_duration(r.duration_seconds)}</td><td>{esc(r.state)}</td>"
+            f'<td class="num">{_acc(r.test_accuracy)}</td><td>{promoted}</td>'
+            f'<td class="num">{esc(str(r.epochs or "-"))}</td>'
+            f"<td>{esc(f'{r.device_count or 1} x {r.device}' if r.device else '-')}</td>"
+            f'<td class="num">{"-" if r.gpu_hours is None else f"{r.gpu_hours:.3f}"}</td>'
+            f'<td class="num">{esc(str(r.attempts or "-"))}</td></tr>')
+    table = "\n".join(body_rows) or '<tr><td colspan="10">no runs yet</td></tr>'
+    trend = (f'<figure><img src="{TREND}" alt="Test accuracy per run, promoted runs marked">'
+             "<figcaption>Test accuracy per run, oldest left; a star marks a promoted run."
+             "</figcaption></figure>") if with_trend else "<p>No finished run yet: no trend.</p>"
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Runs: {esc(parent)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 1.5rem; color: #222; max-width: 1100px; }}
+h1 {{ font-size: 1.4rem; overflow-wrap: anywhere; }}
+.wrap {{ overflow-x: auto; }}
+table {{ border-collapse: collapse; margin: 1rem 0; }}
+th, td {{ border-bottom: 1px solid #ddd; padding: .35rem .7rem; text-align: left; white-space: nowrap; }}
+th {{ background: #f3f5f8; }}
+td.num {{ text-align: right; font-variant-numeric: tabular-nums; }}
+.yes {{ color: #2e7d32; font-weight: 600; }}
+img {{ max-width: 100%; height: auto; }}
+figcaption, .muted {{ color: #666; font-size: .9rem; }}
+</style>
+</head>
+<body>
+<h1>Runs under {esc(parent)}</h1>
+<p class="muted">{len(runs)} run(s); written {now.strftime('%Y-%m-%d %H:%M UTC')} by
+<code>python -m jobs runs</code>. Each name links to the run's report.</p>
+{trend}
+<div class="wrap"><table>
+<tr><th>run</th><th>started (UTC)</th><th>duration</th><th>state</th><th>test accuracy</th>
+<th>promoted</th><th>epochs</th><th>devices</th><th>GPU-hours</th><th>attempts</th></tr>
+{table}
+</table></div>
+</body>
+</html>
+"""
+
+
+def write_index(parent: str, runs: list[Run]) -> str:
+    """Write ``index.html`` (and the trend plot) into ``parent``; returns the index's URI."""
+    png = trend_png(runs)
+    if png is not None:
+        uris.write_bytes(uris.join(parent, TREND), png, "image/png")
+    index = uris.join(parent, INDEX)
+    uris.write_bytes(index, render_index(parent, runs, png is not None).encode(),
+                     "text/html; charset=utf-8")
+    return index

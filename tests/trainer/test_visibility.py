@@ -1,0 +1,69 @@
+"""The run's visibility outputs, on a real run preempted once and resumed: TensorBoard events
+(read back with TensorFlow's own reader) with the expected tags, progress.json through every
+state, and metrics.json's cost facts counting the attempt and the preemption."""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from tests.trainer.conftest import FAST, REPO, run_trainer
+from trainer import events, progress
+from trainer.errors import EXIT_PREEMPTED
+
+
+def read_events(directory) -> collections.Counter:
+    """(tag, plugin) -> number of values, over every event file (one per attempt)."""
+    import tensorflow as tf
+
+    seen: collections.Counter = collections.Counter()
+    for path in sorted(directory.glob("events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                seen[(value.tag, value.metadata.plugin_data.plugin_name)] += 1
+    return seen
+
+
+def test_preempted_then_resumed_run_keeps_events_progress_and_cost(tmp_path):
+    out = tmp_path / "out"
+    args = ["--data", "builtin:digits", "--output", str(out), "--epochs", "3", *FAST,
+            "--set", "steps_per_execution=1"]
+    env = {**os.environ, "KUBETRAIN_SCRATCH": str(tmp_path / "scratch"), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    proc = subprocess.Popen([sys.executable, "-m", "trainer", *args], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    marker = out / "checkpoints" / "latest.json"
+    deadline = time.monotonic() + 240
+    while not marker.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert marker.exists(), "no checkpoint within the deadline"
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == EXIT_PREEMPTED, stderr[-3000:]
+    record = json.loads((out / progress.FILE).read_text())
+    assert (record["state"], record["attempt"], record["preemptions"]) == ("preempted", 1, 1)
+    assert record["epoch"] >= 1 and record["epochs"] == 3 and record["val_accuracy"] > 0
+    assert list((out / events.DIR).glob("events.out.tfevents.*")), "events pushed at the checkpoint"
+
+    again = run_trainer(args, tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    record = json.loads((out / progress.FILE).read_text())
+    assert record["state"] == "finished" and record["attempt"] == 2 and record["epoch"] == 3
+    assert record["started"] <= record["updated"] and record["eta_seconds"] == 0
+    metrics = json.loads((out / "report" / "metrics.json").read_text())
+    assert record["test_accuracy"] == metrics["test_accuracy"]
+    cost = metrics["cost"]
+    assert (cost["device"], cost["device_count"], cost["attempts"], cost["preemptions_survived"]) == \
+        ("cpu", 1, 2, 1)
+    assert cost["gpu_hours"] == 0 and cost["wall_seconds"] >= cost["train_seconds"] > 0
+
+    seen = read_events(out / events.DIR)
+    for tag in events.STEP_TAGS + events.EPOCH_TAGS:
+        assert seen[(tag, "scalars")] >= 1, (tag, seen)
+    assert seen[("epoch/val_accuracy", "scalars")] >= 3  # every epoch (one may repeat on resume)
+    for tag in events.IMAGE_TAGS:
+        assert seen[(tag, "images")] == 1, tag

@@ -1,0 +1,80 @@
+"""Small files at a URI (local path or ``gs://bucket/prefix``), for tools that read or index
+run directories without being the run: ``python -m jobs status`` reads a run's
+``progress.json``, ``python -m jobs runs`` lists the runs under a parent and writes its
+``index.html``.
+
+Like ``trainer.storage`` this is a place that knows the schemes; the rest of the code calls
+``read_text`` / ``write_bytes`` / ``child_dirs`` / ``join`` with whatever URI it was given.
+Remote calls go through the same client and error translation as the trainer's
+(``trainer.gcs``): a missing object is ``None``, a missing bucket or bad credentials are one
+line (``ConfigError``/``StorageError``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from trainer.storage import is_remote
+
+
+def join(uri: str, *parts: str) -> str:
+    base = uri.rstrip("/") or uri
+    return "/".join([base, *parts])
+
+
+def read_text(uri: str) -> str | None:
+    """The text of the file at ``uri``; None when it does not exist."""
+    if not is_remote(uri):
+        try:
+            return Path(uri).expanduser().read_text()
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            return None
+    from google.api_core import exceptions as api_exceptions
+
+    from trainer import gcs
+
+    bucket, name = gcs.parse_uri(uri)
+    with gcs._errors(f"reading {uri}"):
+        try:
+            return gcs.client().bucket(bucket).blob(name).download_as_text(retry=gcs.RETRY)
+        except api_exceptions.NotFound:
+            return None
+
+
+def write_bytes(uri: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+    """Write (replace) the file at ``uri``."""
+    if not is_remote(uri):
+        path = Path(uri).expanduser()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+        return
+    from trainer import gcs
+
+    bucket, name = gcs.parse_uri(uri)
+    with gcs._errors(f"writing {uri}"):
+        gcs.client().bucket(bucket).blob(name).upload_from_string(
+            data, content_type=content_type, retry=gcs.RETRY)
+
+
+def child_dirs(uri: str) -> list[str]:
+    """The names of the directories directly under ``uri`` (in a bucket: the prefixes one level
+    down), sorted; [] when there are none."""
+    if not is_remote(uri):
+        root = Path(uri).expanduser()
+        if not root.is_dir():
+            return []
+        return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    from trainer import gcs
+
+    bucket, prefix = gcs.parse_uri(uri)
+    with gcs._errors(f"listing {uri}"):
+        blobs = gcs.client().list_blobs(bucket, prefix=f"{prefix}/" if prefix else "", delimiter="/",
+                                        retry=gcs.RETRY)
+        for _ in blobs.pages:  # prefixes fill in as the pages are read
+            pass
+        start = len(prefix) + 1 if prefix else 0
+        return sorted(p[start:].rstrip("/") for p in blobs.prefixes
+                      if not p[start:].startswith("."))
