@@ -43,10 +43,16 @@ test: $(STAMP) $(CHECKOV_STAMP) test-services ## run the whole test suite (start
 	$(PY) -m pytest
 
 .PHONY: test-services
-test-services: ## build the test control plane from Go modules when Go is here (cached; CI requires it)
+test-services: ## build the test control plane from Go modules when Go is here, install headless Chromium when missing (CI requires both)
 	@if command -v go >/dev/null 2>&1; then bash tests/cluster/build.sh; \
 	elif [ "$${CI:-}" = true ]; then echo "go not found: CI needs it to build the test control plane" >&2; exit 1; \
 	else echo "go not found: the control-plane tests (tests/cluster) will be skipped" >&2; fi
+	@if command -v chromium >/dev/null 2>&1 || [ -x /usr/lib/chromium/chromium ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing chromium (Debian's package) for the browser tests" >&2; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	elif [ "$${CI:-}" = true ]; then echo "chromium not found and cannot apt-get it: CI needs it for tests/browser" >&2; exit 1; \
+	else echo "chromium not found: the browser tests (tests/browser) will be skipped (apt-get install chromium)" >&2; fi
 
 .PHONY: lint
 lint: $(STAMP) ## ruff on the Python code

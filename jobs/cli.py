@@ -133,7 +133,8 @@ def _parser() -> argparse.ArgumentParser:
     ls = command("list", "Jobs and CronJobs made by kubetrain: state, age, progress")
     out_flag(ls)
     rs = command("runs", "list the runs under a run directory's parent (local or gs://) and write "
-                         "its index.html (table, trend plot)", cluster=False)
+                         "its index.html (table, trend plot); no cluster needed (its flags are "
+                         "accepted and ignored)")
     rs.add_argument("uri", metavar="URI", help="the parent of run directories, e.g. gs://bucket/runs/nightly")
     rs.add_argument("--no-html", action="store_true", help="only print; do not write index.html")
     rs.add_argument("-o", "--output", dest="output", choices=("json", "yaml", "wide"), default=None,
@@ -336,7 +337,8 @@ def _run(args: argparse.Namespace) -> int:
         from jobs.control import set_suspended
 
         kind, _ = set_suspended(cluster, ns, args.name, args.command == "suspend")
-        print(f"{kind.lower()}.batch/{args.name} {args.command}d in namespace {ns}")
+        done = "suspended" if args.command == "suspend" else "resumed"
+        print(f"{kind.lower()}.batch/{args.name} {done} in namespace {ns}")
         return EXIT_OK
     raise UsageError(f"unknown command {args.command!r}")
 

@@ -355,7 +355,9 @@ def status_text(cluster: Cluster, namespace: str, name: str) -> str:
                   f"failed {st.get('failed', 0)} (backoffLimit {job['spec'].get('backoffLimit')})")]
         args = job["spec"]["template"]["spec"]["containers"][0].get("args") or []
         if "--output" in args:
-            lines.append(f"  output {args[args.index('--output') + 1]}")
+            # a CronJob's run: the kubelet expands $(KUBETRAIN_JOB_NAME) to the Job's name
+            output = args[args.index("--output") + 1].replace("$(KUBETRAIN_JOB_NAME)", name)
+            lines.append(f"  output {output}")
         pods = sorted_pods(cluster.list("Pod", namespace, pod_selector(name))["items"])
         for pod in pods:
             phase = (pod.get("status") or {}).get("phase", "Pending")

@@ -106,6 +106,11 @@ def _duration(seconds: float | None) -> str:
     return f"{h}h{rest // 60:02d}m" if h else f"{rest // 60}m{rest % 60:02d}s"
 
 
+def _when(started: str | None) -> str:
+    """'2026-01-02 03:00' for '2026-01-02T03:00:00Z'."""
+    return started.replace("T", " ")[:16] if started else "-"
+
+
 def _acc(value: float | None) -> str:
     return f"{value:.4f}" if isinstance(value, (int, float)) else "-"
 
@@ -150,7 +155,7 @@ def trend_png(runs: list[Run]) -> bytes | None:
         ax.scatter([p[0] for p in promoted], [p[1] for p in promoted], s=160, marker="*",
                    color="#2e9d4f", zorder=3, label="promoted")
     ax.set_xticks(range(len(runs)))
-    ax.set_xticklabels([r.name if len(r.name) <= 22 else "…" + r.name[-21:] for r in runs],
+    ax.set_xticklabels([r.name if len(r.name) <= 30 else "…" + r.name[-29:] for r in runs],
                        rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("test accuracy")
     ax.set_title("Test accuracy per run")
@@ -172,7 +177,7 @@ def render_index(parent: str, runs: list[Run], with_trend: bool,
                 else esc(r.name))
         promoted = {None: "-", True: '<span class="yes">yes</span>', False: "no"}[r.promoted]
         body_rows.append(
-            f"<tr><td>{name}</td><td>{esc(r.started or '-')}</td>"
+            f"<tr><td>{name}</td><td>{esc(_when(r.started))}</td>"
             f"<td>{_duration(r.duration_seconds)}</td><td>{esc(r.state)}</td>"
             f'<td class="num">{_acc(r.test_accuracy)}</td><td>{promoted}</td>'
             f'<td class="num">{esc(str(r.epochs or "-"))}</td>'
@@ -190,11 +195,12 @@ def render_index(parent: str, runs: list[Run], with_trend: bool,
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>Runs: {esc(parent)}</title>
 <style>
-body {{ font-family: system-ui, sans-serif; margin: 1.5rem; color: #222; max-width: 1100px; }}
+body {{ font-family: system-ui, sans-serif; margin: 1.5rem; color: #222; }}
 h1 {{ font-size: 1.4rem; overflow-wrap: anywhere; }}
 .wrap {{ overflow-x: auto; }}
 table {{ border-collapse: collapse; margin: 1rem 0; }}
-th, td {{ border-bottom: 1px solid #ddd; padding: .35rem .7rem; text-align: left; white-space: nowrap; }}
+th, td {{ border-bottom: 1px solid #ddd; padding: .35rem .6rem; text-align: left; }}
+td {{ white-space: nowrap; }}
 th {{ background: #f3f5f8; }}
 td.num {{ text-align: right; font-variant-numeric: tabular-nums; }}
 .yes {{ color: #2e7d32; font-weight: 600; }}

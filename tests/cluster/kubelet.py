@@ -49,7 +49,8 @@ from kubernetes.client.rest import ApiException
 log = logging.getLogger("kubelet")
 
 PYTHON_NAMES = re.compile(r"^python(3(\.\d+)?)?$")
-PASSTHROUGH_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+PASSTHROUGH_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE",
+                   "PYTHONPATH")  # PYTHONPATH: a worktree's own code, not the editable install's
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
