@@ -7,8 +7,9 @@ package, which TensorFlow's wheel no longer pulls in; the image does not need it
 
 Tags (``TAGS``):
 
-* per step (one point per call into the graph, at the global step ``epoch * steps_per_epoch +
-  step``): ``train/loss``, ``train/accuracy``, ``train/learning_rate``,
+* per step (at the global step ``epoch * steps_per_epoch + step``, averaged over the steps
+  since the last point: at most one point a second, and one at each epoch's end, because one
+  write costs a few milliseconds): ``train/loss``, ``train/accuracy``, ``train/learning_rate``,
   ``train/images_per_second``;
 * per epoch (at the epoch number, 1-based): ``epoch/loss``, ``epoch/accuracy``,
   ``epoch/val_loss``, ``epoch/val_accuracy``, ``epoch/learning_rate``,

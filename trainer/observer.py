@@ -22,6 +22,8 @@ from trainer.storage import RunDir
 
 log = logging.getLogger(__name__)
 
+STEP_EVERY_SECONDS = 1.0  # per-step TensorBoard scalars and the progress record, at most this often
+
 
 class NullObserver:
     """The hooks, doing nothing (a Trainer used on its own, in tests and benchmarks)."""
@@ -52,31 +54,46 @@ class RunObserver(NullObserver):
             self.progress.update(force=True)  # the attempt is visible before the first step
         self._epoch = -1
         self._t_last = clock()
+        self._pending = [0.0, 0.0, 0.0]
+        self._t_chunk = self._t_last
 
     # -- the loop's hooks ---------------------------------------------------------------------
 
     def chunk(self, epoch: int, step: int, steps: int, totals: Any) -> None:
         """``steps`` steps ending at ``step`` of epoch ``epoch`` (0-based) returned ``totals``
-        ([loss sum, correct, count] over them)."""
+        ([loss sum, correct, count] over them). Step scalars are written at most every
+        ``STEP_EVERY_SECONDS`` (averaged over the chunks since), so a fast model does not
+        spend its time writing events (one write costs a few ms)."""
         if not self.enabled:
             return
-        now = self.clock()
-        rate = None
-        if epoch == self._epoch and now > self._t_last:  # the first chunk of an epoch has tracing
-            rate = float(totals[2]) / (now - self._t_last)
-        self._epoch, self._t_last = epoch, now
-        count = max(1.0, float(totals[2]))
+        now = self._t_chunk = self.clock()
+        if epoch != self._epoch:  # the first chunk of an epoch includes tracing or evaluation
+            self._epoch, self._t_last, self._pending = epoch, now, [0.0, 0.0, 0.0]
+            return
+        self._pending = [a + float(b) for a, b in zip(self._pending, totals[:3])]
+        if now - self._t_last >= STEP_EVERY_SECONDS:
+            rate = self._write_steps(epoch * self.steps_per_epoch + step, now)
+            self.progress.step(epoch, step, self.global_batch / rate if rate else 0.0)
+
+    def _write_steps(self, global_step: int, now: float) -> float | None:
+        """The step scalars averaged over the chunks since the last write; returns images/s."""
+        loss_sum, correct, count = self._pending
+        if not count:
+            return None
+        rate = count / (now - self._t_last) if now > self._t_last else None
+        self._t_last, self._pending = now, [0.0, 0.0, 0.0]
         try:
-            self.events.step(epoch * self.steps_per_epoch + step, float(totals[0]) / count,
-                             float(totals[1]) / count, self.learning_rate(), rate)
+            self.events.step(global_step, loss_sum / count, correct / count, self.learning_rate(), rate)
         except Exception as exc:  # noqa: BLE001
             log.warning("cannot write TensorBoard events: %s", exc)
-        self.progress.step(epoch, step, self.global_batch / rate if rate else 0.0)
+        return rate
 
     def epoch(self, epochs_completed: int, row: dict) -> None:
         """After the checkpoint of epoch ``epochs_completed`` (1-based)."""
         if not self.enabled:
             return
+        if self._epoch == epochs_completed - 1:  # the epoch's last chunks, not written yet
+            self._write_steps(epochs_completed * self.steps_per_epoch, self._t_chunk)
         try:
             self.events.epoch(epochs_completed, row)
         except Exception as exc:  # noqa: BLE001

@@ -67,3 +67,30 @@ def test_preempted_then_resumed_run_keeps_events_progress_and_cost(tmp_path):
     assert seen[("epoch/val_accuracy", "scalars")] >= 3  # every epoch (one may repeat on resume)
     for tag in events.IMAGE_TAGS:
         assert seen[(tag, "images")] == 1, tag
+
+
+def test_step_scalars_are_written_at_most_once_a_second_and_at_each_epoch_end(tmp_path):
+    from trainer.observer import STEP_EVERY_SECONDS, RunObserver
+    from trainer.storage import RunDir
+
+    t = [0.0]
+    obs = RunObserver(RunDir(str(tmp_path)), epochs=2, steps_per_epoch=100, global_batch=10,
+                      learning_rate=lambda: 0.5, clock=lambda: t[0])
+    for epoch in range(2):
+        for step in range(10, 101, 10):  # 10 chunks of 10 steps, 0.25 s each
+            t[0] += STEP_EVERY_SECONDS / 4
+            obs.chunk(epoch, step, 10, [20.0, 50.0, 100.0])
+        obs.epoch(epoch + 1, {"loss": 0.2, "val_accuracy": 0.5, "images_per_second": 400.0})
+    obs.events.close()
+    steps = []
+    import tensorflow as tf
+
+    for path in sorted((tmp_path / events.DIR).glob("events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                if value.tag == "train/images_per_second":
+                    steps.append((event.step, round(float(tf.make_ndarray(value.tensor)))))
+    # per epoch: the first chunk (tracing) is skipped, then a point every 4 chunks, then the end
+    assert steps == [(50, 400), (90, 400), (100, 400), (150, 400), (190, 400), (200, 400)]
+    record = json.loads((tmp_path / progress.FILE).read_text())
+    assert record["epoch"] == 2 and record["val_accuracy"] == 0.5
