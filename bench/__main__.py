@@ -13,6 +13,9 @@ Experiments (``--only``):
   pipeline    the trainer's tf.data pipeline vs the same batches already in memory
   target      wall time from process start to >= 97% test accuracy: the tutorial's recipe vs
               the trainer's defaults (resnet_small at 16x16)
+  process     whole processes, start to exit, to a >= 97% digits model: the bare Keras script
+              (bench/bare.py) vs ``python -m trainer --data builtin:digits --epochs 3`` with its
+              report and export; the trainer's phase_seconds give the phase table
 A float32 matmul calibrates the machine's peak in every round.
 """
 
@@ -23,16 +26,20 @@ import datetime as dt
 import json
 import os
 import platform
+import resource
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 from bench import common, report
 
 ROOT = Path(__file__).resolve().parent.parent
-EXPERIMENTS = ("throughput", "device", "pipeline", "target", "tuning")
-DEFAULT_EXPERIMENTS = ("throughput", "device", "pipeline", "target")
+EXPERIMENTS = ("throughput", "device", "pipeline", "target", "process", "tuning")
+DEFAULT_EXPERIMENTS = ("throughput", "device", "pipeline", "target", "process")
+TRAINER_CLI = ["--data", "builtin:digits", "--epochs", "3"]
 
 SEED64 = {"model": "seed_cnn", "image_size": 64}
 
@@ -48,16 +55,18 @@ def variants(args) -> dict[str, list[dict]]:
             {"label": "tutorial script, batch 32", "kind": "tutorial", "epochs": ep, "train_limit": lim},
             {"label": "trainer, batch 32", "kind": "trainer", "epochs": ep, "train_limit": lim,
              "overrides": {**SEED64, "batch_size": 32}},
-            {"label": "trainer, batch 64 (default)", "kind": "trainer", "epochs": ep, "train_limit": lim,
-             "overrides": SEED64},
+            {"label": "trainer, batch 64 (default; auto precision: mixed_bfloat16 on this CPU)",
+             "kind": "trainer", "epochs": ep, "train_limit": lim, "overrides": SEED64},
+            {"label": "trainer, batch 64, float32 (precision set)", "kind": "trainer", "epochs": ep,
+             "train_limit": lim, "overrides": {**SEED64, "precision": "float32"}},
         ],
         "device": [
-            {"label": "trainer, float32, XLA off (CPU auto)", "kind": "trainer", "epochs": 3 if not q else 2,
-             "train_limit": small, "overrides": SEED64},
-            {"label": "trainer, XLA on", "kind": "trainer", "epochs": 3 if not q else 2, "train_limit": small,
-             "overrides": {**SEED64, "jit_compile": "on"}},
-            {"label": "trainer, mixed_bfloat16", "kind": "trainer", "epochs": 3 if not q else 2,
-             "train_limit": small, "overrides": {**SEED64, "precision": "mixed_bfloat16"}},
+            {"label": "trainer, float32, XLA off", "kind": "trainer", "epochs": 3 if not q else 2,
+             "train_limit": small, "overrides": {**SEED64, "precision": "float32"}},
+            {"label": "trainer, float32, XLA on", "kind": "trainer", "epochs": 3 if not q else 2,
+             "train_limit": small, "overrides": {**SEED64, "precision": "float32", "jit_compile": "on"}},
+            {"label": "trainer, mixed_bfloat16 (what auto picks on this CPU)", "kind": "trainer",
+             "epochs": 3 if not q else 2, "train_limit": small, "overrides": SEED64},
         ],
         "tuning": [
             {"label": f"trainer, {name}", "kind": "trainer", "epochs": ep, "train_limit": lim,
@@ -89,6 +98,12 @@ def variants(args) -> dict[str, list[dict]]:
              "epochs": 3 if q else 30, "target": common.TARGET_ACCURACY, "train_limit": lim,
              "overrides": {}},
         ],
+        "process": [
+            {"label": "bare Keras script (bench/bare.py): seed CNN 64x64, batch 32, stops at 97%",
+             "kind": "bare"},
+            {"label": "python -m trainer " + " ".join(TRAINER_CLI) + " (defaults; report and export)",
+             "kind": "cli", "args": TRAINER_CLI},
+        ],
     }
     return {k: v for k, v in out.items() if k in args.only}
 
@@ -104,21 +119,44 @@ def busy_cpu_seconds() -> float | None:
     return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
+def _children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # every finished child so far
+    return usage.ru_utime + usage.ru_stime
+
+
+def _command(spec: dict, scratch: str) -> list[str]:
+    """The child's command line: a measuring child, the bare script, or the trainer's CLI."""
+    if spec["kind"] == "bare":
+        return [sys.executable, "-m", "bench.bare", str(spec.get("seed", 0))]
+    if spec["kind"] == "cli":
+        return [sys.executable, "-m", "trainer", *spec["args"], "--output", f"{scratch}/run", "-q"]
+    return [sys.executable, "-m", "bench.child", json.dumps(spec)]
+
+
 def spawn(spec: dict, timeout_seconds: float) -> dict:
     """Run one child; its result plus wall time since spawn and the load average around it."""
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(ROOT), **spec.get("env", {}))
+    scratch = tempfile.mkdtemp(prefix="kubetrain-bench-")  # cold: no caches from earlier runs
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(ROOT), KUBETRAIN_SCRATCH=scratch,
+               **spec.get("env", {}))
     load = os.getloadavg()[0]
     busy_before = busy_cpu_seconds()
+    children_cpu = _children_cpu_seconds()
     spawned = time.time()
-    proc = subprocess.run([sys.executable, "-m", "bench.child", json.dumps(spec)], cwd=ROOT, env=env,
+    proc = subprocess.run(_command(spec, scratch), cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout_seconds, check=False)
     wall = time.time() - spawned
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH_RESULT ")]
+    if spec["kind"] == "cli" and proc.returncode == 0:  # the trainer's own record of the run
+        metrics = json.loads(Path(scratch, "run", "report", "metrics.json").read_text())
+        keep = ("test_accuracy", "epochs_completed", "phase_seconds", "precision", "images_per_second")
+        lines = ["BENCH_RESULT " + json.dumps({k: metrics.get(k) for k in keep})]
     if proc.returncode != 0 or not lines:
         tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
         raise RuntimeError(f"benchmark child {spec.get('label', spec['kind'])!r} failed "
                            f"(exit {proc.returncode}):\n{tail}")
+    shutil.rmtree(scratch, ignore_errors=True)
     result = json.loads(lines[-1][len("BENCH_RESULT "):])
+    result.setdefault("process_cpu_seconds", _children_cpu_seconds() - children_cpu)
     if result.get("reached_at") is not None:
         result["seconds_to_target"] = result["reached_at"] - spawned
     result.update(wall_seconds=wall, load_before=load, load_after=os.getloadavg()[0])
@@ -136,6 +174,13 @@ def machine() -> dict:
             key, _, value = line.partition(":")
             if key.strip() in ("Model name", "Hypervisor vendor", "L3 cache"):
                 info[key.strip().lower().replace(" ", "_")] = value.strip()
+    except OSError:
+        pass
+    try:  # what the precision choice reads (trainer/precision.py)
+        from trainer.precision import NATIVE_BF16_FLAGS, parse_cpuinfo
+
+        _, flags = parse_cpuinfo(Path("/proc/cpuinfo").read_text())
+        info["bf16_flags"] = [f for f in (*NATIVE_BF16_FLAGS, "amx_tile") if f in flags]
     except OSError:
         pass
     try:
@@ -168,6 +213,8 @@ def parse_args(argv: list[str] | None):
     p.add_argument("--quick", action="store_true", help="1 round, tiny subsets: checks the harness, not speed")
     p.add_argument("--rounds", type=int, default=None, help="rounds of alternating runs (default 5, quick 1)")
     p.add_argument("--target-rounds", type=int, default=None, help="rounds of the time-to-target runs (default 3)")
+    p.add_argument("--process-rounds", type=int, default=None,
+                   help="rounds of the whole-process runs, bare script vs trainer (default 5)")
     p.add_argument("--device-rounds", type=int, default=2,
                    help="rounds of the (slow) XLA / bfloat16 runs (default 2)")
     p.add_argument("--epochs", type=int, default=4, help="epochs per throughput run (the first is excluded)")
@@ -180,6 +227,8 @@ def parse_args(argv: list[str] | None):
         args.rounds = 1 if args.quick else 5
     if args.target_rounds is None:
         args.target_rounds = 1 if args.quick else 3
+    if args.process_rounds is None:
+        args.process_rounds = 1 if args.quick else 5
     return args
 
 
@@ -234,6 +283,11 @@ def main(argv: list[str] | None = None) -> int:
             order = list(range(len(exps["target"])))
             for i in order if r % 2 == 0 else order[::-1]:
                 measure("target", i, r)
+    if "process" in exps:
+        for r in range(args.process_rounds):
+            order = list(range(len(exps["process"])))
+            for i in order if r % 2 == 0 else order[::-1]:
+                measure("process", i, r)
     if not results["calibration"]:
         results["calibration"].append(dict(spawn(matmul, args.timeout_seconds), round=0))
     results["finished"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")

@@ -49,6 +49,9 @@ def summarize(results: dict) -> dict:
                              "in_memory_images_per_second": summary(mem), "ratio": summary(ratios)})
             out[name] = rows
             continue
+        if name == "process":
+            out[name] = _process_rows(entries)
+            continue
         if name == "target":
             for e in entries:
                 runs = e["runs"]
@@ -87,6 +90,7 @@ def summarize(results: dict) -> dict:
                                        for f in figs if f["images_per_second"]]),
                 "other_cpu_cores": summary([r.get("other_cpu_cores") for r in e["runs"]]),
                 "train_images": e["runs"][0]["epochs"][0]["images"] if e["runs"] else None,
+                "final_test_accuracy": summary([r.get("final_test_accuracy") for r in e["runs"]]),
             }
             if _is_seed64(e["spec"]) and peak_flops:
                 row["percent_of_peak"] = summary([100.0 * v * SEED_CNN_TRAIN_FLOPS / peak_flops
@@ -96,6 +100,35 @@ def summarize(results: dict) -> dict:
     return out
 
 
+def _final_accuracy(run: dict) -> float | None:
+    acc = run.get("test_accuracy")
+    return acc[-1] if isinstance(acc, list) and acc else acc
+
+
+def _process_rows(entries: list[dict]) -> list[dict]:
+    """Whole-process runs: seconds, accuracy, and the paired ratio baseline / variant per round."""
+    base = {r["round"]: r["wall_seconds"] for r in entries[0]["runs"]}
+    rows = []
+    for e in entries:
+        runs = e["runs"]
+        ratios = [base[r["round"]] / r["wall_seconds"] for r in runs if r["round"] in base]
+        phases = {}
+        for r in runs:
+            for k, v in (r.get("phase_seconds") or {}).items():
+                phases.setdefault(k, []).append(v)
+        rows.append({
+            "label": e["label"],
+            "wall_seconds": summary([r["wall_seconds"] for r in runs]),
+            "speedup_vs_baseline": summary(ratios),
+            "final_test_accuracy": summary([_final_accuracy(r) for r in runs]),
+            "reached": sum((_final_accuracy(r) or 0) >= 0.97 for r in runs), "runs": len(runs),
+            "epochs": summary([r.get("epochs") or r.get("epochs_completed") for r in runs]),
+            "other_cpu_cores": summary([r.get("other_cpu_cores") for r in runs]),
+            "phase_seconds": {k: summary(v) for k, v in phases.items()},
+        })
+    return rows
+
+
 def _fmt(s: dict, digits: int = 0, pct: bool = False) -> str:
     if not s or s.get("median") is None:
         return "-"
@@ -103,6 +136,10 @@ def _fmt(s: dict, digits: int = 0, pct: bool = False) -> str:
     if s["n"] == 1:
         return f(s["median"])
     return f"{f(s['median'])} ({f(s['min'])}-{f(s['max'])})"
+
+
+def _flags(flags: list | None) -> str:
+    return "not recorded" if flags is None else (", ".join(flags) or "none")
 
 
 def _all_runs(results: dict) -> list[dict]:
@@ -115,7 +152,8 @@ def markdown(results: dict) -> str:
     v = results.get("versions", {})
     lines = [
         (f"Measured {results['date']} on {m.get('model_name', m.get('cpu'))}, {m.get('cores')} cores"
-         f" ({m.get('hypervisor_vendor', 'bare metal')} VM), {m.get('memory_gb', '?')} GB;"
+         f" ({m.get('hypervisor_vendor', 'bare metal')} VM), {m.get('memory_gb', '?')} GB,"
+         f" bf16 flags: {_flags(m.get('bf16_flags'))};"
          f" TensorFlow {v.get('tensorflow', '?')}, Keras {v.get('keras', '?')};"
          f" commit {results.get('commit', '?')}."),
         (f"Command: `{results['command']}`. Figures are median (min-max) over runs; ratios are paired"
@@ -138,8 +176,8 @@ def markdown(results: dict) -> str:
         rows = s[name]
         lines += [f"**{titles[name]}** ({rows[0]['train_images']} training images per epoch)", "",
                   ("| variant | images/s | ratio | ratio, quiet rounds | CPU ms/image | cores busy | % of peak"
-                   " | peak RSS MB | others' CPU (cores) |"),
-                  "|---|---|---|---|---|---|---|---|---|"]
+                   " | peak RSS MB | others' CPU (cores) | test accuracy |"),
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
             quiet = r["ratio_quiet_rounds"]
             rounds = f" [{quiet['n']}]" if quiet["n"] else ""
@@ -147,7 +185,8 @@ def markdown(results: dict) -> str:
                          f" | {_fmt(quiet, 2)}{rounds}"
                          f" | {_fmt(r['cpu_ms_per_image'], 2)} | {_fmt(r.get('cores_busy'), 2)}"
                          f" | {_fmt(r.get('percent_of_peak'), 1)} | {_fmt(r['peak_rss_mb'])}"
-                         f" | {_fmt(r.get('other_cpu_cores'), 2)} |")
+                         f" | {_fmt(r.get('other_cpu_cores'), 2)}"
+                         f" | {_fmt(r.get('final_test_accuracy'), 1, pct=True)} |")
         lines.append("")
     if "pipeline" in s:
         lines += ["**Input pipeline: the trainer's tf.data pipeline vs the same batches already in memory**", "",
@@ -165,6 +204,25 @@ def markdown(results: dict) -> str:
                          f" | {r['reached']}/{r['runs']} | {_fmt(r['final_test_accuracy'], 1, pct=True)}"
                          f" | {_fmt(r['peak_rss_mb'])} |")
         lines.append("")
+    if "process" in s:
+        rows = s["process"]
+        lines += [("**Whole process, start to exit, to a >= 97% digits model** (paired per round:"
+                   " the bare script's seconds over each variant's)"), "",
+                  ("| run | seconds | speed-up vs bare script | epochs | test accuracy | >= 97% |"
+                   " others' CPU (cores) |"), "|---|---|---|---|---|---|---|"]
+        for r in rows:
+            lines.append(f"| {r['label']} | {_fmt(r['wall_seconds'], 1)} | {_fmt(r['speedup_vs_baseline'], 2)}"
+                         f" | {_fmt(r['epochs'])} | {_fmt(r['final_test_accuracy'], 1, pct=True)}"
+                         f" | {r['reached']}/{r['runs']} | {_fmt(r['other_cpu_cores'], 2)} |")
+        lines.append("")
+        for r in rows:
+            if not r["phase_seconds"]:
+                continue
+            names = list(r["phase_seconds"])
+            lines += [(f"**Where the trainer's time goes** ({r['label']}; `phase_seconds` in"
+                       " metrics.json; report and export overlap)"), "",
+                      "| " + " | ".join(names) + " |", "|" + "---|" * len(names),
+                      "| " + " | ".join(_fmt(r["phase_seconds"][k], 2) for k in names) + " |", ""]
     return "\n".join(lines)
 
 
@@ -174,6 +232,8 @@ def one_line(name: str, run: dict) -> str:
         ratios = [p["pipeline"]["seconds"] and (p["in_memory"]["seconds"] / p["pipeline"]["seconds"])
                   for p in run["pairs"]]
         return f"pipeline/in-memory {statistics.median(ratios):.3f}"
+    if name == "process":
+        return f"{run['wall_seconds']:.1f}s, test accuracy {_final_accuracy(run)}"
     if name == "target":
         t = run.get("seconds_to_target")
         return (f"97% at epoch {run['reached_epoch']} after {t:.1f}s" if t is not None

@@ -9,7 +9,9 @@ Output layout (``<output>`` is a local directory or ``gs://bucket/prefix``)::
                              predictions.png, report.html (published when complete)
 
 ``report/`` and ``model/`` are built aside and published whole, so a failed or interrupted
-run never replaces the previous good ones.
+run never replaces the previous good ones. The report is drawn in a second process started when
+the run begins (``trainer.report_worker``), while this one exports the model; the time of each
+phase goes into ``metrics.json`` as ``phase_seconds`` (``trainer.phases``).
 
 With several workers (``trainer.multiworker``) every worker trains and evaluates, and only
 worker 0 writes the run directory; the others read it (to resume from its checkpoint) and write
@@ -19,6 +21,7 @@ finds it knows this is a restart (and first lets the previous attempt's workers 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
@@ -33,6 +36,8 @@ from trainer.checkpoint import Checkpointer
 from trainer.config import TrainConfig
 from trainer.errors import ConfigError
 from trainer.observer import RunObserver
+from trainer.phases import Phases
+from trainer.report_worker import ReportWorker
 from trainer.storage import RunDir
 
 log = logging.getLogger(__name__)
@@ -70,7 +75,19 @@ def _write_config(run_dir: RunDir, cfg: TrainConfig) -> None:
 
 def run(cfg: TrainConfig, stop) -> dict:
     """Train, evaluate, report and export; returns the metrics. Raises TrainerError subclasses."""
-    from trainer.report import build_metrics, write_report
+    phases = Phases()
+    cluster = multiworker.from_environment()
+    chief = cluster is None or cluster.is_chief
+    # Only the chief writes a report; its worker imports matplotlib & co. on the idle core now.
+    reports = ReportWorker.start(scratch_dir()) if chief else ReportWorker(None)
+    try:
+        return _run(cfg, stop, phases, reports)
+    finally:
+        reports.close()
+
+
+def _run(cfg: TrainConfig, stop, phases: Phases, reports: ReportWorker) -> dict:
+    from trainer.report import METRICS_FILE, write_report
 
     wall_start = time.monotonic()
     scratch = scratch_dir()
@@ -88,19 +105,21 @@ def run(cfg: TrainConfig, stop) -> dict:
         _write_config(run_dir, cfg)
 
     dataset = data_lib.open_dataset(cfg, scratch)
+    phases.lap("data")
 
     from trainer.devices import make_runtime
     from trainer.train import Trainer
 
     if restart:
         multiworker.settle()
-    runtime = make_runtime(cfg, cluster=cluster)
+    runtime = make_runtime(cfg, cache_dir=scratch / "cache", cluster=cluster)
     if cluster is not None and runtime.is_chief:
         _write_config(run_dir, cfg)
     trainer = Trainer(cfg, runtime, dataset, cache_dir=scratch / "cache")
     log.info("model %s: %d parameters; global batch %d (%d x %d replicas), %d steps per epoch",
              cfg.model, trainer.model.count_params(), trainer.global_batch, cfg.batch_size,
              runtime.replicas, trainer.steps_per_epoch)
+    phases.lap("startup")
     checkpointer = Checkpointer(run_dir, trainer.model, trainer.optimizer, cfg.keep_checkpoints,
                                 is_chief=runtime.is_chief)
     observer = RunObserver(run_dir, epochs=cfg.epochs, steps_per_epoch=trainer.steps_per_epoch,
@@ -112,19 +131,21 @@ def run(cfg: TrainConfig, stop) -> dict:
         except BaseException as exc:
             observer.stopped(exc)
             raise
+        phases.lap("train")
         test = trainer.evaluate("test", collect=True)
     if not runtime.is_chief:
         log.info("worker %d done: test accuracy %.4f; worker 0 writes the report and model",
                  runtime.worker_index, test["accuracy"])
         return {"test_accuracy": test["accuracy"]}
-    metrics = build_metrics(
-        class_names=list(dataset.class_names),
-        y_true=test["labels"],
-        y_pred=test["probs"].argmax(-1),
-        test_loss=test["loss"],
-        history=result.history,
-        epochs_completed=result.epochs_completed,
-        extra={
+    test_accuracy = float((test["probs"].argmax(-1) == test["labels"]).mean())
+    metrics_args = {
+        "class_names": list(dataset.class_names),
+        "y_true": test["labels"],
+        "y_pred": test["probs"].argmax(-1),
+        "test_loss": test["loss"],
+        "history": result.history,
+        "epochs_completed": result.epochs_completed,
+        "extra": {
             "model": cfg.model,
             "dataset": dataset.description,
             "num_train_images": len(dataset.train),
@@ -143,21 +164,25 @@ def run(cfg: TrainConfig, stop) -> dict:
             "output": cfg.output,
             "cost": observer.cost(runtime.device_kind, runtime.replicas, result.train_seconds),
         },
-    )
+    }
     decision = None
     if cfg.promote_to:
         from trainer import promote
 
         decision = promote.decide(
-            cfg.promote_to, scratch / "promote", metrics["test_accuracy"], list(dataset.class_names),
+            cfg.promote_to, scratch / "promote", test_accuracy, list(dataset.class_names),
             cfg.image_size, lambda current: promote.accuracy_of(current, trainer.eval_batches("test")),
         )
-        metrics["promotion"] = decision.to_dict()
+        metrics_args["extra"]["promotion"] = decision.to_dict()
         log.info("promotion to %s: %s (%s)", cfg.promote_to, "yes" if decision.promote else "no", decision.reason)
 
-    shown = len(test["images"])  # the first test images, in order, for the predictions grid
+    phases.lap("evaluate")
 
-    def report_into(directory: Path) -> None:
+    shown = len(test["images"])  # the first test images, in order, for the predictions grid
+    report_args = {"images": test["images"], "probs": test["probs"][:shown],
+                   "y_true": test["labels"][:shown], "config": cfg.to_dict()}
+
+    def report_into(directory: Path) -> None:  # promotion: drawn again with the final metrics
         write_report(directory, metrics=metrics, images=test["images"], probs=test["probs"][:shown],
                      y_true=test["labels"][:shown], config=cfg.to_dict())
 
@@ -167,15 +192,23 @@ def run(cfg: TrainConfig, stop) -> dict:
         export_model(result.model, list(dataset.class_names), cfg.image_size, cfg.model, directory)
 
     report_dir = run_dir.staging("report")
-    report_into(report_dir)
+    drawing = reports.submit(report_dir, {"metrics": metrics_args, "report": report_args})
+    if cfg.export:  # while the report is drawn in the worker process
+        model_dir = run_dir.staging("model")
+        model_into(model_dir)
+        phases.lap("export")
+    metrics, report_seconds = drawing.result()
+    phases.add("report", report_seconds)
+    metrics["phase_seconds"] = phases.as_dict()
+    (report_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n",
+                                           encoding="utf-8")
     run_dir.publish(report_dir, "report")
     observer.finished(metrics, run_dir.local / "report")
     log.info("test accuracy %.4f, test loss %.4f; report: %s", metrics["test_accuracy"],
              metrics["test_loss"], run_dir.uri_of("report/report.html"))
+    log.info("phases (s): %s", ", ".join(f"{k} {v:.1f}" for k, v in metrics["phase_seconds"].items()))
 
     if cfg.export:
-        model_dir = run_dir.staging("model")
-        model_into(model_dir)
         run_dir.publish(model_dir, "model")
         log.info("model: %s", run_dir.uri_of("model"))
     if decision is not None and decision.promote:

@@ -33,6 +33,7 @@ from trainer.devices import Runtime
 from trainer.errors import PeerLost, Preempted
 from trainer.evaluation import Evaluator, eval_global_batch, examples, padded_batches
 from trainer.models import build_model
+from trainer.pacing import MULTI_WORKER_STEPS, Pacer
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +137,10 @@ class Trainer:
         self.loss_fn = _per_example_loss(cfg, dataset.num_classes)
         self._train_chunk = self._make_train_chunk()
         self._evaluator = Evaluator(self.model, self.loss_fn, strategy, runtime.jit_compile)
+        # Steps per call; 0 = sized from the step time, per process: workers must agree on every
+        # call's size, so a multi-worker run uses a fixed one.
+        spe = cfg.steps_per_execution or (MULTI_WORKER_STEPS if runtime.workers > 1 else 0)
+        self.pacer = Pacer(spe)
 
     # -- compiled pieces ------------------------------------------------------------------------
 
@@ -232,10 +237,12 @@ class Trainer:
             t0, step = time.monotonic(), skip
             trained_images = 0.0
             while step < self.steps_per_epoch:
-                n = min(cfg.steps_per_execution, self.steps_per_epoch - step)
+                n = self.pacer.next_steps(self.steps_per_epoch - step)
+                called = time.monotonic()
                 with multiworker.graph_call(f"training step {step + 1} of epoch {epoch + 1}"):
                     chunk = self._train_chunk(iterator, tf.constant(n, tf.int32),
                                               tf.constant(1.0 if stop else 0.0)).numpy()
+                self.pacer.record(n, time.monotonic() - called)
                 chunk, stopping = chunk[:3], chunk[3] > 0
                 totals += chunk
                 trained_images += chunk[2]

@@ -1,0 +1,25 @@
+"""Fixed costs: the training and evaluation functions are traced once per run, not per epoch,
+split or batch shape (every retrace costs ~0.3-2 s of a short run)."""
+
+from __future__ import annotations
+
+from trainer.config import load_config
+
+
+def test_two_epochs_and_three_splits_trace_each_function_once(tmp_path):
+    from trainer.checkpoint import Checkpointer
+    from trainer.data import load_dataset
+    from trainer.devices import make_runtime
+    from trainer.storage import RunDir
+    from trainer.train import StopRequest, Trainer
+
+    # batch 100: every split ends in a partial batch of another shape
+    cfg = load_config({"data": "builtin:digits", "output": str(tmp_path), "model": "seed_cnn",
+                       "epochs": 2, "batch_size": 100, "image_size": 16, "steps_per_execution": 4})
+    trainer = Trainer(cfg, make_runtime(cfg), load_dataset(cfg, None))
+    trainer.fit(Checkpointer(RunDir(str(tmp_path)), trainer.model, trainer.optimizer, keep=1), StopRequest())
+    trainer.evaluate("test", collect=True)
+    trainer.evaluate("train")
+    assert trainer._train_chunk.experimental_get_tracing_count() == 1
+    assert trainer._evaluator._sums_step.experimental_get_tracing_count() == 1  # val x2, train
+    assert trainer._evaluator._gather_step.experimental_get_tracing_count() == 1  # test
