@@ -114,6 +114,11 @@ def _parser() -> argparse.ArgumentParser:
     lg.add_argument("-f", "--follow", action="store_true",
                     help="stream until the Job ends, moving to each retry's new pod")
     lg.add_argument("--all-pods", action="store_true", help="every attempt's log, oldest first")
+    who = lg.add_mutually_exclusive_group()
+    who.add_argument("--worker", type=int, default=None, metavar="K",
+                     help="multi-worker job: worker K's log (default: worker 0, which writes the run)")
+    who.add_argument("--all-workers", action="store_true",
+                     help="multi-worker job: every worker's log, lines prefixed [worker K]")
     lg.add_argument("--tail", type=int, default=None, metavar="N", help="only the last N lines (of each pod)")
     lg.add_argument("--since", type=duration, default=None, metavar="DURATION",
                     help="only lines newer than this, e.g. 10m, 2h")
@@ -123,7 +128,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="give up after this long: 90s, 30m, 2h, or seconds (default: 24h)")
     w.add_argument("--pending-timeout", type=duration, default=600, metavar="DURATION",
                    help="fail when a pod cannot be scheduled or started for this long (default: 10m)")
-    name_command("delete", "delete a Job or CronJob, its pods and its ConfigMap")
+    name_command("delete", "delete a Job or CronJob, its pods, its ConfigMap (and workers' Service)")
     rn = name_command("run-now", "start a run of a CronJob now (kubectl create job --from=cronjob/NAME), "
                                  "into its own output directory")
     rn.add_argument("--job-name", default="", help="the new Job's name (default: NAME-m<time>)")
@@ -305,7 +310,8 @@ def _run(args: argparse.Namespace) -> int:
         name = follow.resolve_job(cluster, ns, args.name)
         for line in follow.stream_logs(cluster, ns, name, follow=args.follow, all_pods=args.all_pods,
                                        report=err, tail_lines=args.tail, since_seconds=args.since,
-                                       timestamps=args.timestamps):
+                                       timestamps=args.timestamps, worker=args.worker,
+                                       all_workers=args.all_workers):
             print(line, flush=args.follow)
         return EXIT_OK
     if args.command == "wait":

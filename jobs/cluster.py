@@ -103,6 +103,7 @@ class Cluster:
         read = {"Job": self.batch.read_namespaced_job,
                 "CronJob": self.batch.read_namespaced_cron_job,
                 "ConfigMap": self.core.read_namespaced_config_map,
+                "Service": self.core.read_namespaced_service,
                 "ServiceAccount": self.core.read_namespaced_service_account,
                 "Pod": self.core.read_namespaced_pod}[kind]
         return _call(what, read, name, namespace)
@@ -112,7 +113,8 @@ class Cluster:
         kind, name = manifest["kind"], manifest["metadata"]["name"]
         create = {"Job": self.batch.create_namespaced_job,
                   "CronJob": self.batch.create_namespaced_cron_job,
-                  "ConfigMap": self.core.create_namespaced_config_map}[kind]
+                  "ConfigMap": self.core.create_namespaced_config_map,
+                  "Service": self.core.create_namespaced_service}[kind]
         extra = {"dry_run": "All"} if dry_run else {}
         return _call(f"create {kind.lower()} {namespace}/{name}", create, namespace, manifest, **extra)
 
@@ -152,7 +154,8 @@ class Cluster:
         """Delete an object; a Job's or CronJob's pods go with it (background propagation)."""
         delete = {"Job": self.batch.delete_namespaced_job,
                   "CronJob": self.batch.delete_namespaced_cron_job,
-                  "ConfigMap": self.core.delete_namespaced_config_map}[kind]
+                  "ConfigMap": self.core.delete_namespaced_config_map,
+                  "Service": self.core.delete_namespaced_service}[kind]
         return _call(f"delete {kind.lower()} {namespace}/{name}", delete, name, namespace,
                      propagation_policy="Background")
 

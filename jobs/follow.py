@@ -3,17 +3,24 @@
 The pure part reads API objects (plain dicts): ``job_state``, ``pod_problem``,
 ``explain_failure``. The loops (``wait``, ``stream_logs``) receive a ``Cluster`` and wait by
 watch, in windows of a few seconds re-checked against a deadline, never by sleeping.
+
+A multi-worker Job (``workers`` > 1, an Indexed Job) has one pod per worker index at a time;
+``worker_phases`` gives each index's newest pod, ``status``/``wait`` show them, and ``logs``
+follows worker 0 unless asked for another worker or all of them.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import queue
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from jobs.cluster import Cluster, Gone, NotFound
 from jobs.render import CONTAINER, JOB_NAME_LABEL, MANAGED_BY
+from jobs.workers import COMPLETION_INDEX_ANNOTATION
 from trainer.errors import exit_code
 
 WINDOW_SECONDS = 10  # how long one watch runs before the loop looks at the pods again
@@ -85,6 +92,27 @@ def age(timestamp: str | None, now: dt.datetime | None = None) -> str:
 
 def _ago(timestamp: str | None) -> str:
     return f"{age(timestamp)} ago" if timestamp else "never"
+
+
+def worker_index(pod: dict) -> int | None:
+    """The pod's completion index in an Indexed (multi-worker) Job, else None."""
+    raw = (pod.get("metadata", {}).get("annotations") or {}).get(COMPLETION_INDEX_ANNOTATION)
+    return int(raw) if raw is not None and str(raw).isdigit() else None
+
+
+def worker_phases(pods: list[dict]) -> dict[int, str]:
+    """{index: phase of that worker's newest pod} for an Indexed Job's pods ({} otherwise)."""
+    out: dict[int, str] = {}
+    for pod in sorted_pods(pods):
+        index = worker_index(pod)
+        if index is not None:
+            problem = pod_problem(pod)
+            out[index] = problem[0] if problem else (pod.get("status") or {}).get("phase", "Pending")
+    return dict(sorted(out.items()))
+
+
+def _workers_text(phases: dict[int, str]) -> str:
+    return "workers " + ", ".join(f"{i} {phase}" for i, phase in phases.items())
 
 
 def sorted_pods(pods: list[dict]) -> list[dict]:
@@ -249,7 +277,13 @@ def progress_line(name: str, state: JobState, pods: list[dict]) -> str:
     if state.message and state.phase == "Suspended":
         parts.append(f"({state.message})")
     pods = sorted_pods(pods)
-    if pods:
+    phases = worker_phases(pods)
+    if phases:
+        parts.append(f"- {_workers_text(phases)}")
+        restarts = len(pods) - len(phases)
+        if restarts:
+            parts.append(f"({restarts} pod(s) replaced)")
+    elif pods:
         pod = pods[-1]
         phase = (pod.get("status") or {}).get("phase", "Pending")
         problem = pod_problem(pod)
@@ -266,13 +300,21 @@ def progress_line(name: str, state: JobState, pods: list[dict]) -> str:
 def stream_logs(cluster: Cluster, namespace: str, name: str, *, follow: bool, all_pods: bool,
                 report: Callable[[str], None] = lambda line: None,
                 window_seconds: float = WINDOW_SECONDS, tail_lines: int | None = None,
-                since_seconds: float | None = None, timestamps: bool = False) -> Iterator[str]:
+                since_seconds: float | None = None, timestamps: bool = False,
+                worker: int | None = None, all_workers: bool = False) -> Iterator[str]:
     """The trainer's log lines. Without ``follow``: the newest pod's (every pod's with
     ``all_pods``). With ``follow``: from the newest pod on, moving to each retry's new pod,
     until the Job finishes. ``tail_lines``/``since_seconds``/``timestamps``: kubectl's
-    --tail/--since/--timestamps, per pod."""
+    --tail/--since/--timestamps, per pod.
+
+    A multi-worker Job: worker 0's pods unless ``worker`` names another; ``all_workers``
+    interleaves every worker's lines, each prefixed with ``[worker K]``."""
     opts = {"tail_lines": tail_lines, "since_seconds": since_seconds, "timestamps": timestamps}
-    pods = sorted_pods(cluster.list("Pod", namespace, pod_selector(name))["items"])
+    if all_workers:
+        yield from _all_workers(cluster, namespace, name, follow=follow, all_pods=all_pods,
+                                report=report, window_seconds=window_seconds, **opts)
+        return
+    pods = _pods_of(cluster, namespace, name, worker)
     if not follow:
         chosen = pods if all_pods else pods[-1:]
         if not chosen:
@@ -289,7 +331,7 @@ def stream_logs(cluster: Cluster, namespace: str, name: str, *, follow: bool, al
     reported: set[tuple[str, str]] = set()
     while True:
         job = cluster.get("Job", namespace, name)
-        pods = sorted_pods(cluster.list("Pod", namespace, pod_selector(name))["items"])
+        pods = _pods_of(cluster, namespace, name, worker)
         todo = [p for p in pods if p["metadata"]["name"] not in done]
         if not todo:
             state = job_state(job)
@@ -321,6 +363,54 @@ def stream_logs(cluster: Cluster, namespace: str, name: str, *, follow: bool, al
         summary = exit_summary(pod)
         if summary:
             report(f"pod {pod_name}: {summary}")
+
+
+def _pods_of(cluster: Cluster, namespace: str, name: str, worker: int | None) -> list[dict]:
+    """The Job's pods, oldest first; of one worker (default 0) when the Job is multi-worker."""
+    pods = sorted_pods(cluster.list("Pod", namespace, pod_selector(name))["items"])
+    if any(worker_index(p) is not None for p in pods):
+        return [p for p in pods if worker_index(p) == (worker or 0)]
+    if worker:
+        raise NotFound(f"job {name} has no worker {worker} (it is not a multi-worker job, or its "
+                       "pods are not created yet)")
+    return pods
+
+
+def _all_workers(cluster: Cluster, namespace: str, name: str, *, follow: bool, all_pods: bool,
+                 report: Callable[[str], None], window_seconds: float, **opts) -> Iterator[str]:
+    """Every worker's log lines prefixed ``[worker K]``; with ``follow``, one stream per worker."""
+    job = cluster.get("Job", namespace, name)
+    count = int((job.get("spec") or {}).get("completions") or 1)
+    if not follow:
+        for k in range(count):
+            for line in stream_logs(cluster, namespace, name, follow=False, all_pods=all_pods,
+                                    worker=k, **opts):
+                yield f"[worker {k}] {line}"
+        return
+    lines: queue.Queue = queue.Queue()
+
+    def pump(k: int) -> None:
+        try:
+            for line in stream_logs(cluster, namespace, name, follow=True, all_pods=all_pods,
+                                    report=lambda text: lines.put(("report", f"[worker {k}] {text}")),
+                                    window_seconds=window_seconds, worker=k, **opts):
+                lines.put(("line", f"[worker {k}] {line}"))
+        except Exception as exc:  # noqa: BLE001 (shown, and the other workers go on)
+            lines.put(("report", f"[worker {k}] {exc}"))
+        finally:
+            lines.put(("done", k))
+
+    for k in range(count):
+        threading.Thread(target=pump, args=(k,), daemon=True, name=f"logs-worker-{k}").start()
+    running = count
+    while running:
+        kind, item = lines.get()
+        if kind == "done":
+            running -= 1
+        elif kind == "report":
+            report(item)
+        else:
+            yield item
 
 
 def _watch_window(cluster: Cluster, kind: str, namespace: str, obj: dict, name: str,
@@ -359,12 +449,19 @@ def status_text(cluster: Cluster, namespace: str, name: str) -> str:
             output = args[args.index("--output") + 1].replace("$(KUBETRAIN_JOB_NAME)", name)
             lines.append(f"  output {output}")
         pods = sorted_pods(cluster.list("Pod", namespace, pod_selector(name))["items"])
+        phases = worker_phases(pods)
+        if phases:
+            lines.append(f"  {len(phases)} of {job['spec'].get('completions')} {_workers_text(phases)}"
+                         f" (service {job['spec']['template']['spec'].get('subdomain', '-')})")
         for pod in pods:
             phase = (pod.get("status") or {}).get("phase", "Pending")
             problem = pod_problem(pod)
             detail = exit_summary(pod) or (f"{problem[0]}: {problem[1]}" if problem else "")
             node = (pod.get("spec") or {}).get("nodeName")
-            lines.append(f"  pod {pod['metadata']['name']}  {phase}  {age(pod['metadata'].get('creationTimestamp'))}"
+            index = worker_index(pod)
+            lines.append(f"  pod {pod['metadata']['name']}"
+                         + (f"  worker {index}" if index is not None else "")
+                         + f"  {phase}  {age(pod['metadata'].get('creationTimestamp'))}"
                          + (f"  node {node}" if node else "") + (f"  {detail}" if detail else ""))
         if state.phase == "Failed":
             lines.append(explain_failure(job, pods))

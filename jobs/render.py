@@ -5,7 +5,9 @@ and the golden tests in ``tests/golden/`` pin every field. One spec renders to
 
 * a ConfigMap carrying the trainer's resolved config (mounted at ``/etc/kubetrain``), and
 * a batch/v1 Job, or, when the spec has a ``schedule``, a batch/v1 CronJob whose runs each
-  write to their own output directory ``<train.output>/<job name>``.
+  write to their own output directory ``<train.output>/<job name>``;
+* with ``workers: N`` > 1, an Indexed Job of N pods and the headless Service that names them
+  (``jobs/workers.py``).
 
 How the trainer's exit codes become the Job's ``podFailurePolicy``, generated from the
 ``job_action`` column of the exit-code table in ``trainer/errors.py``:
@@ -26,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from jobs import __version__
+from jobs import __version__, workers
 from jobs.spec import JobSpec
 from trainer.errors import FAIL_JOB, IGNORE, codes_with_action
 
@@ -242,12 +244,21 @@ def job_spec(spec: JobSpec) -> dict:
 
 def job(spec: JobSpec, namespace: str = "") -> dict:
     queue = {QUEUE_LABEL: spec.queue} if spec.queue else {}
-    return {
+    out = {
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": _metadata(spec, spec.name, namespace, queue),
         "spec": job_spec(spec),
     }
+    if spec.workers > 1:
+        workers.make_indexed(out["spec"], spec.name, spec.workers)
+    return out
+
+
+def service(spec: JobSpec, namespace: str = "") -> dict:
+    """The headless Service of a multi-worker Job (``workers`` > 1)."""
+    name = workers.service_name(spec.name)
+    return workers.service(spec.name, JOB_NAME_LABEL, _metadata(spec, name, namespace))
 
 
 def cron_job(spec: JobSpec, namespace: str = "") -> dict:
@@ -282,7 +293,8 @@ def spec_hash(manifests: list[dict]) -> str:
 
 
 def render(spec: JobSpec, namespace: str = "") -> list[dict]:
-    """All manifests for ``spec``: [ConfigMap, Job] or [ConfigMap, CronJob].
+    """All manifests for ``spec``: [ConfigMap, Job] or [ConfigMap, CronJob]; with ``workers`` > 1
+    [ConfigMap, Job, Service].
 
     ``namespace`` (else the spec's) is written into each object; with neither, objects carry no
     namespace and land in kubectl's current one.
@@ -290,6 +302,8 @@ def render(spec: JobSpec, namespace: str = "") -> list[dict]:
     ns = namespace or spec.namespace
     workload = cron_job(spec, ns) if spec.scheduled else job(spec, ns)
     manifests = [config_map(spec, ns), workload]
+    if spec.workers > 1:
+        manifests.append(service(spec, ns))
     workload["metadata"]["annotations"] = {SPEC_HASH_ANNOTATION: spec_hash(manifests)}
     return manifests
 

@@ -46,6 +46,7 @@ SCHEDULE_ONLY = ("time_zone", "starting_deadline_seconds", "successful_jobs_hist
 
 MAX_JOB_NAME = 63  # a Job's name becomes the value of its pods' job-name label
 MAX_CRONJOB_NAME = 52  # the CronJob controller appends an 11-character suffix to its Jobs
+MAX_WORKERS = 256  # TensorFlow's collectives, not Kubernetes, set the practical limit
 MIN_MEMORY_BYTES = 2**27  # less is a forgotten suffix ("8" instead of "8Gi")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -76,6 +77,13 @@ def _train(raw: Any, key: str) -> TrainConfig | None:
         return None if values is None else load_config(values)
     except ConfigError as exc:
         raise SpecError(f"{key}: {exc}") from None
+
+
+def _workers(raw: Any, key: str) -> int:
+    value = checks.whole_number(raw, key)
+    if not 1 <= value <= MAX_WORKERS:
+        raise SpecError(f"key {key!r}: must be between 1 and {MAX_WORKERS}, got {value}")
+    return value
 
 
 def _memory(raw: Any, key: str) -> str:
@@ -181,6 +189,9 @@ class JobSpec:
         check=_train)
     gpus: int = doc_field(
         0, "GPUs per pod (nvidia.com/gpu); 0 trains on CPU", check=checks.whole_number)
+    workers: int = doc_field(
+        1, "pods that train one model in sync (MultiWorkerMirroredStrategy); 1 = one pod, more = an "
+        "Indexed Job of that many pods and a headless Service", check=_workers)
     cpu: str = doc_field(
         "2", "CPU cores per pod (request = limit), e.g. 4 or 500m", check=checks.quantity)
     memory: str = doc_field(
@@ -279,6 +290,8 @@ def _cross_checks(spec: JobSpec, given: set[str]) -> JobSpec:
         raise SpecError(f"key 'shm_size': {shm_size} must be smaller than 'memory' ({spec.memory}): "
                         "/dev/shm is memory-backed and counts against the pod's memory limit")
     spec = dataclasses.replace(spec, shm_size=shm_size)
+    if spec.workers > 1:
+        _check_multi_worker(spec)
     if not spec.schedule:
         for key in SCHEDULE_ONLY:
             if key in given:
@@ -295,6 +308,23 @@ def _cross_checks(spec: JobSpec, given: set[str]) -> JobSpec:
         raise SpecError(f"key 'active_deadline_seconds': {deadline} must be shorter than the "
                         f"schedule's period ({period} s), so runs never overlap or pile up")
     return dataclasses.replace(spec, starting_deadline_seconds=starting, active_deadline_seconds=deadline)
+
+
+def _check_multi_worker(spec: JobSpec) -> None:
+    """``workers`` > 1: names that become DNS labels, and what a multi-worker run cannot do."""
+    if spec.schedule:
+        raise SpecError("key 'workers': a scheduled (CronJob) spec trains on one pod for now; "
+                        "remove 'schedule' or set workers: 1")
+    if not spec.name[0].isalpha():
+        raise SpecError(f"key 'name': {spec.name!r} names the workers' Service too, so it must start "
+                        "with a letter when workers > 1")
+    hostname = f"{spec.name}-{spec.workers - 1}"
+    if len(hostname) > MAX_JOB_NAME:
+        raise SpecError(f"key 'name': the last worker's hostname {hostname!r} is longer than "
+                        f"{MAX_JOB_NAME} characters; shorten 'name'")
+    if spec.train.cpu_replicas > 1 or spec.train.strategy == "one_device":
+        raise SpecError("train: with workers > 1 every GPU of each pod is a replica (one CPU device "
+                        "without GPUs): leave strategy at auto/mirrored and cpu_replicas at 0 or 1")
 
 
 def parse_spec(values: Mapping[str, Any], source: str = "spec",

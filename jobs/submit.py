@@ -2,7 +2,9 @@
 
 ``submit`` applies the ConfigMap and the Job (or CronJob) with server-side apply (field
 manager ``kubetrain``), then makes the workload own the ConfigMap so Kubernetes' garbage
-collector removes both together (``ttlSecondsAfterFinished``, ``delete``).
+collector removes both together (``ttlSecondsAfterFinished``, ``delete``). A multi-worker Job's
+headless Service is created right after the Job, owned by it from birth (the workers retry
+until their names resolve).
 
 * the same spec again: nothing is sent, the existing workload is reported ("unchanged");
 * a changed spec for a CronJob: both objects are applied in place ("configured"): the CronJob
@@ -20,7 +22,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from jobs import render
+from jobs import render, workers
 from jobs.cluster import Cluster, ClusterError, Conflict, NotFound
 from jobs.spec import JobSpec, config_map_name
 
@@ -78,11 +80,14 @@ def _action(existing: dict | None, workload: dict, namespace: str) -> str:
 
 def submit(cluster: Cluster, spec: JobSpec, namespace: str, dry_run: bool = False) -> Submitted:
     """Apply the spec's objects in ``namespace`` (see the module docstring)."""
-    config_map, workload = render.render(spec, namespace)
+    config_map, workload, *service = render.render(spec, namespace)
     kind, name = workload["kind"], workload["metadata"]["name"]
     existing = _get(cluster, kind, namespace, name)
     action = _action(existing, workload, namespace)
     if action == UNCHANGED:
+        if not dry_run:
+            for svc in service:  # an earlier submit may have stopped between the Job and its Service
+                _create_service(cluster, namespace, svc, existing)
         return Submitted(kind, name, namespace, action, dry_run, [existing])
     if action == CREATED:
         try:
@@ -104,7 +109,12 @@ def submit(cluster: Cluster, spec: JobSpec, namespace: str, dry_run: bool = Fals
         if _action(existing, workload, namespace) != UNCHANGED:
             raise
         return Submitted(kind, name, namespace, UNCHANGED, dry_run, [existing])
+    if action == CREATED and dry_run:
+        for svc in service:  # the server validates it too
+            cluster.create(namespace, svc, dry_run=True)
     if action == CREATED and not dry_run:
+        for svc in service:
+            _create_service(cluster, namespace, svc, applied)
         try:
             cluster.set_owner(namespace, spec.config_map_name, applied)
         except ClusterError as exc:  # the workload runs fine; only the clean-up is manual
@@ -113,8 +123,23 @@ def submit(cluster: Cluster, spec: JobSpec, namespace: str, dry_run: bool = Fals
     return Submitted(kind, name, namespace, action, dry_run, [applied_map, applied])
 
 
+def _create_service(cluster: Cluster, namespace: str, svc: dict, owner: dict) -> None:
+    """Create a multi-worker Job's headless Service, owned by the Job from birth (created, not
+    applied: the launcher may only create, read and delete Services); fine if already there."""
+    svc = {**svc, "metadata": {**svc["metadata"], "ownerReferences": [
+        {"apiVersion": owner["apiVersion"], "kind": owner["kind"], "name": owner["metadata"]["name"],
+         "uid": owner["metadata"]["uid"]}]}}
+    svc_name = svc["metadata"]["name"]
+    try:
+        cluster.create(namespace, svc)
+    except Conflict:
+        if not _managed(cluster.get("Service", namespace, svc_name)):
+            raise Conflict(f"service {namespace}/{svc_name} exists and is not managed by kubetrain, "
+                           "so the workers cannot get their names; change 'name'") from None
+
+
 def delete(cluster: Cluster, name: str, namespace: str) -> str:
-    """Delete the Job or CronJob ``name`` made by kubetrain, its pods and its ConfigMap.
+    """Delete the Job or CronJob ``name`` made by kubetrain, its pods, its ConfigMap and Service.
 
     Returns the kind deleted; NotFound if there is neither.
     """
@@ -127,10 +152,14 @@ def delete(cluster: Cluster, name: str, namespace: str) -> str:
             raise Conflict(f"{kind.lower()} {namespace}/{name} was not made by kubetrain; "
                            "delete it with kubectl if you mean it")
         cluster.delete(kind, namespace, name)
-        try:
-            cluster.delete("ConfigMap", namespace, config_map_name(name))
-        except NotFound:
-            pass  # already collected through its owner reference
+        for owned_kind, owned in (("ConfigMap", config_map_name(name)),
+                                  ("Service", workers.service_name(name))):
+            try:
+                if owned_kind == "Service" and not _managed(cluster.get(owned_kind, namespace, owned)):
+                    continue  # a single-pod Job has no Service; never delete someone else's
+                cluster.delete(owned_kind, namespace, owned)
+            except NotFound:
+                pass  # none, or already collected through its owner reference
         return kind
     raise NotFound(f"no job or cronjob named {name!r} in namespace {namespace!r} "
                    f"(python -m jobs list -n {namespace})")
