@@ -19,6 +19,11 @@ Limits (it is a test double, not a container runtime):
   or workingDir that starts with a volume's mountPath is rewritten to the local directory.
   A process that builds such paths itself will not see the volume;
 - resources, security contexts and probes are not enforced; a container is ready once started;
+- no pod network or DNS: every pod is 127.0.0.1. A pod with a `subdomain` (the workers of an
+  Indexed Job behind a headless Service) finds `<hostname>.<subdomain>[.<ns>.svc...]:<port>`
+  in its env values and args rewritten to `127.0.0.1:<a port this kubelet picked for that
+  name>`, the same for every pod, so N workers that all listen on one port in a real cluster
+  listen on N ports here and reach each other;
 - init containers run one after another, then all containers at once; restartPolicy
   OnFailure restarts a failed container in place (restartCount grows), Never does not.
 """
@@ -34,6 +39,7 @@ import logging
 import os
 import re
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -72,6 +78,14 @@ def expand_references(value: str, env: dict[str, str]) -> str:
         return env.get(name, match.group(0))
 
     return re.sub(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)", replace, value)
+
+
+def map_pod_addresses(value: str, namespace: str, subdomain: str, port_of) -> str:
+    """``<host>.<subdomain>[.<namespace>[.svc[.cluster.local]]]:<port>`` -> ``127.0.0.1:P`` with
+    ``P = port_of(host, port)`` (see the module docstring: no pod network here)."""
+    pattern = re.compile(rf"\b([a-z0-9](?:[-a-z0-9]*[a-z0-9])?)\.{re.escape(subdomain)}"
+                         rf"(?:\.{re.escape(namespace)}(?:\.svc(?:\.cluster\.local)?)?)?:(\d+)\b")
+    return pattern.sub(lambda m: f"127.0.0.1:{port_of(m.group(1), int(m.group(2)))}", value)
 
 
 def rewrite_paths(value: str, mounts: list[tuple[str, Path]]) -> str:
@@ -231,7 +245,7 @@ class PodRunner(threading.Thread):
                             "command (it cannot read the image's entrypoint)")
         env = self._environment(container, mounts)
         argv = [expand_references(a, env) for a in container.command + (container.args or [])]
-        argv = [rewrite_paths(a, mounts) for a in argv]
+        argv = [self._map_addresses(rewrite_paths(a, mounts)) for a in argv]
         if PYTHON_NAMES.match(argv[0]):
             argv[0] = sys.executable
         cwd = self.dir
@@ -323,7 +337,15 @@ class PodRunner(threading.Thread):
                     env[var.name] = value
         if any(mount_path == "/tmp" for mount_path, _ in mounts):
             env.setdefault("TMPDIR", "/tmp")
-        return {k: rewrite_paths(v, mounts) for k, v in env.items()}
+        return {k: self._map_addresses(rewrite_paths(v, mounts)) for k, v in env.items()}
+
+    def _map_addresses(self, value: str) -> str:
+        subdomain = self.pod.spec.subdomain
+        if not subdomain:
+            return value
+        namespace = self.pod.metadata.namespace
+        return map_pod_addresses(value, namespace, subdomain,
+                                 lambda host, port: self.kubelet.loopback_port(namespace, subdomain, host, port))
 
     def _env_value_from(self, name: str, source, container) -> str | None:
         if source.field_ref:
@@ -604,6 +626,17 @@ class Kubelet:
         self.by_name: dict[tuple[str, str], PodRunner] = {}
         self.deleting: set[str] = set()
         self.lock = threading.Lock()
+        self.loopback_ports: dict[tuple[str, str, str, int], int] = {}
+
+    def loopback_port(self, namespace: str, subdomain: str, host: str, port: int) -> int:
+        """The local port that stands for ``host.subdomain:port`` (picked once, then kept)."""
+        key = (namespace, subdomain, host, port)
+        with self.lock:
+            if key not in self.loopback_ports:
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", 0))
+                    self.loopback_ports[key] = sock.getsockname()[1]
+            return self.loopback_ports[key]
 
     # -- node ------------------------------------------------------------------------------
 

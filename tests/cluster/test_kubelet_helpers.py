@@ -52,3 +52,13 @@ def test_decode_proc_net_addresses():
     assert controlplane._decode_address("00000000", 8) == "0.0.0.0"
     assert controlplane._decode_address("0000000000000000FFFF00000100007F", 32) == "127.0.0.1"
     assert controlplane._decode_address("00000000000000000000000001000000", 32) == "::1"
+
+
+def test_pod_addresses_map_to_loopback_ports():
+    from kubelet import map_pod_addresses
+
+    ports = {}
+    port_of = lambda host, port: ports.setdefault((host, port), 40000 + len(ports))
+    value = "mw-0.mw:2222,mw-1.mw.ns.svc.cluster.local:2222,other-0.other:2222,mw-0.mw:2222"
+    assert map_pod_addresses(value, "ns", "mw", port_of) == \
+        "127.0.0.1:40000,127.0.0.1:40001,other-0.other:2222,127.0.0.1:40000"
