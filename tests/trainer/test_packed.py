@@ -24,8 +24,9 @@ SMALL_SHARDS = PackOptions(shard_mb=0.004, workers=4)  # ~4 KB: a dozen shards o
 
 
 def cfg_for(data: Path, **kw):
-    return load_config({"data": str(data), "output": "/tmp/unused", "image_size": 16,
-                        "augment": {"rotation": 0, "shift": 0, "zoom": 0, "flip": "none"}, **kw})
+    values = {"data": str(data), "output": "/tmp/unused", "image_size": 16,
+              "augment": {"rotation": 0, "shift": 0, "zoom": 0, "flip": "none"}}
+    return load_config({**values, **kw})
 
 
 @pytest.fixture()
@@ -195,3 +196,33 @@ def test_corrupt_images_are_skipped_and_counted(folder, tmp_path):
     assert sum(manifest.splits[s].images for s in ("train", "val", "test")) == 120
     with pytest.raises(DataError, match="2 of 122 images .* unreadable"):
         pack(str(folder), str(tmp_path / "q"), PackOptions(max_bad_image_fraction=0.01), tmp_path / "scratch")
+
+
+def test_training_stopped_mid_epoch_resumes_on_the_same_streamed_batches(packed_dir, tmp_path):
+    """The training loop on a packed stream: a preempted epoch resumed from its checkpoint
+    trains on exactly the batches of an uninterrupted run (same loss, same weights)."""
+    from trainer.checkpoint import Checkpointer
+    from trainer.devices import make_runtime
+    from trainer.errors import Preempted
+    from trainer.storage import RunDir
+    from trainer.train import StopRequest, Trainer
+
+    def trainer_for(out: Path):
+        cfg = cfg_for(packed_dir, output=str(out), model="seed_cnn", epochs=1, batch_size=16,
+                      steps_per_execution=2)
+        t = Trainer(cfg, make_runtime(cfg), open_dataset(cfg, tmp_path / "scratch"))
+        return t, Checkpointer(RunDir(str(out)), t.model, t.optimizer, keep=2)
+
+    clean, clean_ckpt = trainer_for(tmp_path / "clean")
+    clean_result = clean.fit(clean_ckpt, StopRequest())
+    first, first_ckpt = trainer_for(tmp_path / "cut")
+    stop = StopRequest()
+    stop.set("test stop")
+    with pytest.raises(Preempted, match=f"step 2/{clean.steps_per_epoch}"):
+        first.fit(first_ckpt, stop)
+    second, second_ckpt = trainer_for(tmp_path / "cut")
+    resumed = second.fit(second_ckpt, StopRequest())
+    assert resumed.resumed_from == (0, 2)
+    np.testing.assert_allclose(resumed.history["loss"], clean_result.history["loss"], rtol=1e-4)
+    for a, b in zip(second.model.get_weights(), clean.model.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
