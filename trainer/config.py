@@ -1,9 +1,11 @@
 """The trainer's one typed configuration.
 
 Layers, applied in order and validated once at the edge:
-defaults -> YAML file (unknown keys rejected) -> command-line overrides -> per-dataset
-defaults for the values left at ``auto`` -> validation -> frozen. The resolved config is
-written next to the outputs (``<output>/config.yaml``) so every run can be reproduced.
+defaults -> YAML file (unknown keys rejected) -> command-line overrides -> validation ->
+frozen. Values left at ``auto`` are filled in two steps by ``trainer.defaults``: what depends
+only on the config here, what depends on the images (their native size) after the data scan
+(``trainer.defaults.fit_to_data``). The resolved config, with the reason for every ``auto``
+choice, is written next to the outputs (``<output>/config.yaml``) so every run can be reproduced.
 
 This module imports neither TensorFlow nor any cloud client: the launcher (``jobs/``) uses
 it to validate a job spec's ``train:`` section without a heavy import.
@@ -24,9 +26,13 @@ from trainer.schema import check_keys, doc_field
 
 BUILTIN_PREFIX = "builtin:"
 BUILTIN_DATASETS = ("digits",)
-MODELS = ("seed_cnn", "resnet_small")
+SCRATCH_MODELS = ("seed_cnn", "resnet_small")
+# keras.applications backbones (trainer/backbones.py builds them; names only here, no TensorFlow)
+BACKBONES = ("efficientnetv2b0", "mobilenetv3small", "mobilenetv3large", "resnet50", "convnext_tiny")
+MODELS = SCRATCH_MODELS + BACKBONES
 OPTIMIZERS = ("adam", "adamw", "sgd")
-LR_SCHEDULES = ("constant", "cosine")
+LR_SCHEDULES = ("warmup_cosine", "cosine", "constant")
+EXPORT_EPOCHS = ("best", "last")
 FLIPS = ("none", "horizontal", "vertical", "horizontal_and_vertical")
 STRATEGIES = ("auto", "mirrored", "one_device")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
@@ -54,12 +60,13 @@ class TrainConfig:
     data: str = _f("", "dataset: builtin:digits, a local directory, or gs://bucket/prefix")
     output: str = _f("", "run directory: a local directory or gs://bucket/prefix")
     model: str = _f("resnet_small", "network architecture", MODELS)
-    image_size: int = _f(0, "square input size in pixels; 0 = dataset default (digits 16, else 64)")
+    image_size: int = _f(0, "square input size in pixels; 0 = auto: the images' native size, within the model's range")
     epochs: int = _f(10, "number of passes over the training split")
     batch_size: int = _f(64, "batch size per replica; global batch = this x replicas")
     optimizer: str = _f("adam", "optimizer", OPTIMIZERS)
     learning_rate: float = _f(1e-3, "peak learning rate (scaled by nothing: set it for the global batch)")
-    lr_schedule: str = _f("constant", "learning-rate schedule over the whole run", LR_SCHEDULES)
+    lr_schedule: str = _f("warmup_cosine", "learning-rate schedule of each training phase", LR_SCHEDULES)
+    warmup_epochs: float | None = _f(None, "linear warmup at the start of each phase; auto = min(1, epochs/10)")
     weight_decay: float = _f(0.0, "decoupled weight decay (adamw, sgd)")
     label_smoothing: float = _f(0.0, "label smoothing for the cross-entropy loss")
     augment: AugmentConfig = _f(AugmentConfig, "training-time augmentation")  # noqa: RUF009 (a Field)
@@ -78,8 +85,19 @@ class TrainConfig:
     keep_checkpoints: int = _f(3, "how many epoch checkpoints to keep")
     rendezvous_timeout_seconds: int = _f(600, "multi-worker: wait at most this long for all workers to join (then exit 1)")
     collective_timeout_seconds: int = _f(900, "multi-worker: a step waiting longer than this for the others restarts all (exit 75)")
+    export_epoch: str = _f("best", "evaluate and export the weights of the best validation epoch, or the last", EXPORT_EPOCHS)
+    weights: str = _f("auto", "initial weights: imagenet, none, or a .weights.h5 file / gs:// URI for the "
+                              "model; auto = imagenet for keras.applications backbones, none otherwise")
+    weights_mirror: str = _f("", "a directory or gs:// prefix holding Keras' ImageNet weight files, "
+                                 "tried after Keras' cache and before downloading")
+    head_epochs: int | None = _f(None, "pretrained backbones: epochs training the new head on a frozen "
+                                       "backbone first; auto = a third of the epochs (all if epochs < 3)")
+    fine_tune_layers: int | None = _f(None, "pretrained backbones: unfreeze the top N backbone layers after "
+                                            "the head epochs; auto = all; 0 = never")
+    fine_tune_lr_scale: float = _f(0.1, "fine-tuning learning rate = learning_rate x this")
     export: bool = _f(True, "export the trained model under <output>/model/")
     promote_to: str = _f("", "copy model/ and report/ here only if better than the model already there")
+    auto_reasons: dict[str, str] = _f(dict, "written by the trainer: how each value left at auto was chosen")
 
     @property
     def builtin(self) -> str | None:
@@ -116,6 +134,10 @@ def _coerce(name: str, value: Any, typ: str, choices: tuple[str, ...] | None) ->
             if not math.isfinite(out):
                 raise ValueError
             return out
+        if base.startswith("dict"):
+            if not isinstance(value, Mapping):
+                raise ValueError
+            return {str(k): str(v) for k, v in value.items()}
         if base == "str":
             if not isinstance(value, (str, int, float)) or isinstance(value, bool):
                 raise ValueError
@@ -186,28 +208,6 @@ def read_yaml(text: str, source: str) -> dict[str, Any]:
     return loaded
 
 
-def _resolve(cfg: TrainConfig) -> TrainConfig:
-    """Fill the ``auto`` values that depend only on the dataset's kind."""
-    digits_like = cfg.builtin is not None
-    size = cfg.image_size or (16 if digits_like else 64)
-    a = cfg.augment
-    if digits_like:  # flips and big rotations change a digit's meaning
-        aug = AugmentConfig(
-            rotation=0.0 if a.rotation is None else a.rotation,
-            shift=0.0 if a.shift is None else a.shift,
-            zoom=0.0 if a.zoom is None else a.zoom,
-            flip=a.flip or "none",
-        )
-    else:
-        aug = AugmentConfig(
-            rotation=0.05 if a.rotation is None else a.rotation,
-            shift=0.1 if a.shift is None else a.shift,
-            zoom=0.1 if a.zoom is None else a.zoom,
-            flip=a.flip or "horizontal",
-        )
-    return dataclasses.replace(cfg, image_size=size, augment=aug)
-
-
 def _validate(cfg: TrainConfig) -> None:
     def need(ok: bool, message: str) -> None:
         if not ok:
@@ -241,6 +241,19 @@ def _validate(cfg: TrainConfig) -> None:
     need(cfg.keep_checkpoints >= 1, "config key 'keep_checkpoints': must be >= 1")
     need(cfg.rendezvous_timeout_seconds >= 10, "config key 'rendezvous_timeout_seconds': must be >= 10")
     need(cfg.collective_timeout_seconds >= 30, "config key 'collective_timeout_seconds': must be >= 30")
+    need(cfg.warmup_epochs is None or cfg.warmup_epochs >= 0, "config key 'warmup_epochs': must be >= 0")
+    need(cfg.head_epochs is None or cfg.head_epochs >= 0, "config key 'head_epochs': must be >= 0")
+    need(cfg.fine_tune_layers is None or cfg.fine_tune_layers >= 0, "config key 'fine_tune_layers': must be >= 0")
+    need(0 < cfg.fine_tune_lr_scale <= 1, "config key 'fine_tune_lr_scale': must be in (0, 1]")
+    need(cfg.weights in ("auto", "imagenet", "none") or cfg.weights.endswith(".h5"),
+         f"config key 'weights': {cfg.weights!r} is not imagenet, none, auto or a .h5 / .weights.h5 file or URI")
+    need(cfg.weights != "imagenet" or cfg.model in BACKBONES,
+         f"config key 'weights': imagenet weights exist only for the backbones ({', '.join(BACKBONES)})")
+    for uri_key in ("weights", "weights_mirror"):
+        uri = getattr(cfg, uri_key)
+        if uri.startswith("gs://"):
+            need(len(uri) > len("gs://") and not uri[5:].startswith("/"),
+                 f"config key {uri_key!r}: {uri!r} has no bucket name (gs://BUCKET/path)")
     need(not cfg.promote_to or cfg.export, "config key 'promote_to' needs export: true")
     need(not cfg.promote_to or cfg.promote_to.rstrip("/") != cfg.output.rstrip("/"),
          "config key 'promote_to' must differ from output")
@@ -254,11 +267,15 @@ def load_config(
     file_values: Mapping[str, Any] | None = None,
     overrides: Mapping[str, Any] | None = None,
 ) -> TrainConfig:
-    """Defaults -> file values -> overrides -> per-dataset defaults -> validated, frozen config."""
+    """Defaults -> file values -> overrides -> validated, frozen config, with the ``auto`` values
+    known before the data scan resolved (``trainer.defaults.resolve``; the image-dependent ones
+    stay ``auto`` for a directory or bucket until ``trainer.defaults.fit_to_data``)."""
+    from trainer.defaults import resolve
+
     merged = merge_values(file_values or {}, overrides or {})
     cfg = _build(TrainConfig, merged)
     _validate(cfg)
-    return _resolve(cfg)
+    return resolve(cfg).config
 
 
 def field_docs() -> list[tuple[str, str, Any, tuple[str, ...] | None]]:
@@ -269,5 +286,6 @@ def field_docs() -> list[tuple[str, str, Any, tuple[str, ...] | None]]:
             for sub in fields(AugmentConfig):
                 rows.append((f"augment.{sub.name}", sub.metadata["help"], sub.default, sub.metadata["choices"]))
         else:
-            rows.append((f.name, f.metadata["help"], f.default, f.metadata["choices"]))
+            default = {} if f.default is dataclasses.MISSING else f.default
+            rows.append((f.name, f.metadata["help"], default, f.metadata["choices"]))
     return rows

@@ -31,7 +31,7 @@ from pathlib import Path
 import yaml
 
 from trainer import data as data_lib
-from trainer import multiworker
+from trainer import defaults, multiworker
 from trainer.checkpoint import Checkpointer
 from trainer.config import TrainConfig
 from trainer.errors import ConfigError
@@ -93,6 +93,7 @@ def _run(cfg: TrainConfig, stop, phases: Phases, reports: ReportWorker) -> dict:
     scratch = scratch_dir()
     cluster = multiworker.from_environment()
     run_dir = multiworker.open_run_dir_for(cluster, cfg.output, scratch / "staging")
+    cfg = defaults.fit_to_source(cfg, scratch).config  # image size etc. from the images
     _check_same_run(run_dir, cfg)
     if cluster is not None and multiworker.finished(run_dir, cfg.epochs):
         if not cluster.is_chief:  # worker 0 alone evaluates and reports; no peers needed
@@ -159,6 +160,9 @@ def _run(cfg: TrainConfig, stop, phases: Phases, reports: ReportWorker) -> dict:
             "global_batch_size": trainer.global_batch,
             "images_per_second": result.images_per_second,
             "resumed_from": list(result.resumed_from) if result.resumed_from else None,
+            "selected_epoch": result.selected_epoch,
+            "selected_because": result.selection,
+            "auto_reasons": cfg.auto_reasons,
             "train_seconds": result.train_seconds,
             "wall_seconds": time.monotonic() - wall_start,
             "output": cfg.output,

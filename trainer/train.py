@@ -27,6 +27,8 @@ import numpy as np
 
 from trainer import data as data_lib
 from trainer import multiworker
+from trainer import schedule
+from trainer.best import BestWeights
 from trainer.checkpoint import Checkpointer, Position
 from trainer.config import TrainConfig
 from trainer.devices import Runtime
@@ -61,14 +63,14 @@ class FitResult:
     resumed_from: tuple[int, int] | None
     train_seconds: float
     images_per_second: float  # median over epochs after the first (tracing) epoch
+    selected_epoch: int = 0  # 1-based epoch whose weights the model holds (export_epoch)
+    selection: str = ""  # why that epoch
 
 
-def make_optimizer(cfg: TrainConfig, total_steps: int):
+def make_optimizer(cfg: TrainConfig, lr):
+    """The configured optimizer over ``lr`` (a float or a schedule: see trainer/schedule.py)."""
     import keras
 
-    lr = cfg.learning_rate
-    if cfg.lr_schedule == "cosine":
-        lr = keras.optimizers.schedules.CosineDecay(cfg.learning_rate, decay_steps=max(1, total_steps))
     if cfg.optimizer == "adam":
         opt = keras.optimizers.Adam(lr)
     elif cfg.optimizer == "adamw":
@@ -132,8 +134,11 @@ class Trainer:
         keras.utils.set_random_seed(cfg.seed)  # same initial weights for the same seed
         with strategy.scope():
             self.model = build_model(cfg.model, cfg.image_size, dataset.num_classes)
-            self.optimizer = make_optimizer(cfg, cfg.epochs * self.steps_per_epoch)
-            self.optimizer.build(self.model.trainable_variables)
+            self.phases = schedule.plan(cfg, schedule.find_backbone(self.model) is not None)
+            self.optimizer = make_optimizer(cfg, schedule.learning_rate(cfg, self.phases, self.steps_per_epoch))
+            # built for every variable any phase trains: its state is the same in every phase
+            self.optimizer.build(schedule.optimizer_variables(self.model, self.phases))
+        self.phase = None  # set per epoch by _enter_phase
         self.loss_fn = _per_example_loss(cfg, dataset.num_classes)
         self._train_chunk = self._make_train_chunk()
         self._evaluator = Evaluator(self.model, self.loss_fn, strategy, runtime.jit_compile)
@@ -206,6 +211,17 @@ class Trainer:
         lr = self.optimizer.learning_rate
         return float(lr.numpy() if hasattr(lr, "numpy") else lr)
 
+    def _enter_phase(self, epoch: int) -> None:
+        """Set the epoch's trainable layers; a new phase retraces the step for its variables."""
+        phase = schedule.phase_of(self.phases, epoch)
+        if phase == self.phase:
+            return
+        schedule.set_trainable(self.model, phase)
+        self._train_chunk = self._make_train_chunk()
+        self.phase = phase
+        trainable, total = schedule.trainable_summary(self.model)
+        log.info("%s (%d of %d parameters train)", phase.describe(), trainable, total)
+
     def fit(self, checkpointer: Checkpointer, stop: StopRequest, observer=None) -> FitResult:
         """Train the remaining epochs. ``observer`` (``trainer.observer``) gets a call per
         chunk and per epoch: progress record and TensorBoard events."""
@@ -219,12 +235,14 @@ class Trainer:
         resumed_from = (pos.epoch, pos.step) if (pos.epoch or pos.step) else None
         history = {k: list(v) for k, v in pos.history.items()}
         progress = _Progress(sys.stderr.isatty())
+        best = BestWeights(checkpointer.run_dir, self.model, checkpointer.is_chief)
         start = time.monotonic()
         if pos.epoch >= cfg.epochs:
             log.info("all %d epochs already trained; evaluating", cfg.epochs)
 
         for epoch in range(pos.epoch, cfg.epochs):
             skip = pos.step if epoch == pos.epoch else 0
+            self._enter_phase(epoch)
             totals = np.array([pos.partial.get(k, 0.0) for k in ("loss_sum", "correct", "count")]
                               if skip else [0.0, 0.0, 0.0])
             batches = data_lib.make_batches(
@@ -281,6 +299,7 @@ class Trainer:
             }
             for key, value in row.items():
                 history.setdefault(key, []).append(float(value))
+            best.after_epoch(epoch, history)
             checkpointer.save(Position(epoch + 1, 0, history, {}))
             observer.epoch(epoch + 1, row)
             log.info(
@@ -292,6 +311,7 @@ class Trainer:
                 raise Preempted(f"{stop.reason}: saved checkpoint after epoch {epoch + 1}; "
                                 "restart with the same --output to resume")
 
+        selected_epoch, selection = best.select(history, cfg.export_epoch)
         speeds = history.get("images_per_second", [])
         steady = speeds[1:] if len(speeds) > 1 else speeds
         return FitResult(
@@ -301,4 +321,6 @@ class Trainer:
             resumed_from=resumed_from,
             train_seconds=time.monotonic() - start,
             images_per_second=float(np.median(steady)) if steady else 0.0,
+            selected_epoch=selected_epoch,
+            selection=selection,
         )

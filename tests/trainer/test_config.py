@@ -16,9 +16,10 @@ def test_defaults_resolve_per_dataset():
     digits = load_config(BASE)
     assert digits.image_size == 16
     assert digits.augment.flip == "none" and digits.augment.rotation == 0.0
+    assert "image_size" in digits.auto_reasons and "augment.flip" in digits.auto_reasons
     folder = load_config({"data": "/data/flowers", "output": "/tmp/o"})
-    assert folder.image_size == 64
-    assert folder.augment.flip == "horizontal" and folder.augment.zoom == 0.1
+    assert folder.image_size == 0 and folder.augment.flip is None  # resolved after the data scan
+    assert folder.weights == "none" and folder.lr_schedule == "warmup_cosine"
 
 
 def test_layers_file_then_overrides():
@@ -39,7 +40,7 @@ def test_config_is_frozen():
     [
         pytest.param({"epoch": 3}, "unknown config key 'epoch'; did you mean 'epochs'?", id="unknown-key"),
         pytest.param({"augment": {"flipp": "none"}}, "unknown config key 'augment.flipp'", id="unknown-nested"),
-        pytest.param({"model": "vgg"}, "'vgg' is not one of: seed_cnn, resnet_small", id="bad-choice"),
+        pytest.param({"model": "vgg"}, "'vgg' is not one of: seed_cnn, resnet_small, efficientnetv2b0", id="bad-choice"),
         pytest.param({"epochs": "many"}, "config key 'epochs': expected int", id="bad-type"),
         pytest.param({"epochs": 0}, "'epochs': must be >= 1", id="zero-epochs"),
         pytest.param({"learning_rate": -1}, "'learning_rate': must be > 0", id="negative-lr"),
