@@ -97,7 +97,7 @@ class TrainConfig:
     fine_tune_lr_scale: float = _f(0.1, "fine-tuning learning rate = learning_rate x this")
     export: bool = _f(True, "export the trained model under <output>/model/")
     promote_to: str = _f("", "copy model/ and report/ here only if better than the model already there")
-    auto_reasons: dict[str, str] = _f(dict, "written by the trainer: how each value left at auto was chosen")
+    auto_reasons: dict[str, str] = _f(dict, "written by the trainer: how each value left at auto was chosen")  # noqa: RUF009
 
     @property
     def builtin(self) -> str | None:

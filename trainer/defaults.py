@@ -37,7 +37,7 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from trainer.config import BACKBONES, AugmentConfig, TrainConfig
+from trainer.config import BACKBONES, TrainConfig
 
 log = logging.getLogger(__name__)
 

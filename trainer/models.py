@@ -5,6 +5,8 @@ them itself (``Rescaling(1/255)``), so the exported model needs no separate prep
   Dense(128)-Dense(N, softmax), for any input size and class count.
 * ``resnet_small``: a small residual network with batch normalization and global average
   pooling: more accurate for the same budget, and it does not grow with the input size.
+* the keras.applications backbones (``efficientnetv2b0``, ``mobilenetv3small``/``large``,
+  ``resnet50``, ``convnext_tiny``) with a new head: trainer/backbones.py.
 """
 
 from __future__ import annotations
@@ -74,10 +76,25 @@ def resnet_small(image_size: int, num_classes: int, widths: tuple[int, ...] = (3
 BUILDERS = {"seed_cnn": seed_cnn, "resnet_small": resnet_small}
 
 
-def build_model(name: str, image_size: int, num_classes: int):
-    """The named model; ``name`` was validated against ``trainer.config.MODELS``."""
+def build_model(name: str, image_size: int, num_classes: int, weights_path: str | None = None):
+    """The named model; ``name`` was validated against ``trainer.config.MODELS``.
+
+    ``weights_path``: initial weights (trainer/weights.py resolved them): the backbone's for a
+    keras.applications backbone (trainer/backbones.py), the whole model's otherwise.
+    """
     from trainer.errors import ConfigError
 
+    if name not in BUILDERS:
+        from trainer import backbones
+
+        return backbones.build(name, image_size, num_classes, weights_path)
     if image_size < MIN_IMAGE_SIZE[name]:
         raise ConfigError(f"model {name!r} needs image_size >= {MIN_IMAGE_SIZE[name]}, got {image_size}")
-    return BUILDERS[name](image_size, num_classes)
+    model = BUILDERS[name](image_size, num_classes)
+    if weights_path:
+        try:
+            model.load_weights(weights_path)
+        except Exception as exc:  # noqa: BLE001 (h5py, ValueError, KeyError: all mean "wrong file")
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise ConfigError(f"weights file {weights_path} does not fit model {name!r}: {first}") from None
+    return model

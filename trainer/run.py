@@ -21,6 +21,7 @@ finds it knows this is a restart (and first lets the previous attempt's workers 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -31,7 +32,7 @@ from pathlib import Path
 import yaml
 
 from trainer import data as data_lib
-from trainer import defaults, multiworker
+from trainer import defaults, multiworker, weights
 from trainer.checkpoint import Checkpointer
 from trainer.config import TrainConfig
 from trainer.errors import ConfigError
@@ -94,6 +95,10 @@ def _run(cfg: TrainConfig, stop, phases: Phases, reports: ReportWorker) -> dict:
     cluster = multiworker.from_environment()
     run_dir = multiworker.open_run_dir_for(cluster, cfg.output, scratch / "staging")
     cfg = defaults.fit_to_source(cfg, scratch).config  # image size etc. from the images
+    init_weights = weights.resolve(cfg, scratch)  # before config.yaml: it records their checksum
+    if init_weights.path:
+        cfg = dataclasses.replace(cfg, auto_reasons={
+            **cfg.auto_reasons, "weights_source": f"{init_weights.source}, sha256 {init_weights.sha256}"})
     _check_same_run(run_dir, cfg)
     if cluster is not None and multiworker.finished(run_dir, cfg.epochs):
         if not cluster.is_chief:  # worker 0 alone evaluates and reports; no peers needed
@@ -116,7 +121,7 @@ def _run(cfg: TrainConfig, stop, phases: Phases, reports: ReportWorker) -> dict:
     runtime = make_runtime(cfg, cache_dir=scratch / "cache", cluster=cluster)
     if cluster is not None and runtime.is_chief:
         _write_config(run_dir, cfg)
-    trainer = Trainer(cfg, runtime, dataset, cache_dir=scratch / "cache")
+    trainer = Trainer(cfg, runtime, dataset, cache_dir=scratch / "cache", init_weights=init_weights)
     log.info("model %s: %d parameters; global batch %d (%d x %d replicas), %d steps per epoch",
              cfg.model, trainer.model.count_params(), trainer.global_batch, cfg.batch_size,
              runtime.replicas, trainer.steps_per_epoch)
@@ -160,6 +165,8 @@ def _run(cfg: TrainConfig, stop, phases: Phases, reports: ReportWorker) -> dict:
             "global_batch_size": trainer.global_batch,
             "images_per_second": result.images_per_second,
             "resumed_from": list(result.resumed_from) if result.resumed_from else None,
+            "initialization": init_weights.describe(cfg.model),
+            "initial_weights": init_weights.to_dict(),
             "selected_epoch": result.selected_epoch,
             "selected_because": result.selection,
             "auto_reasons": cfg.auto_reasons,
@@ -191,9 +198,11 @@ def _run(cfg: TrainConfig, stop, phases: Phases, reports: ReportWorker) -> dict:
                      y_true=test["labels"][:shown], config=cfg.to_dict())
 
     def model_into(directory: Path) -> None:
+        from trainer.backbones import save_backbone_weights
         from trainer.export import export_model
 
         export_model(result.model, list(dataset.class_names), cfg.image_size, cfg.model, directory)
+        save_backbone_weights(result.model, directory / "backbone.weights.h5")  # for weights: <file>
 
     report_dir = run_dir.staging("report")
     drawing = reports.submit(report_dir, {"metrics": metrics_args, "report": report_args})

@@ -34,9 +34,6 @@ from trainer.defaults import pretrained
 
 log = logging.getLogger(__name__)
 
-BACKBONE_LAYER = "backbone"  # the name trainer/backbones.py gives the keras.applications model
-
-
 @dataclass(frozen=True)
 class Phase:
     name: str  # "train", "head" or "fine_tune"
@@ -54,9 +51,11 @@ class Phase:
 
 
 def find_backbone(model):
-    """The nested keras.applications model, or None for the from-scratch models."""
+    """The nested keras.applications model (trainer/backbones.py), or None for the others."""
+    import keras
+
     for layer in model.layers:
-        if layer.name == BACKBONE_LAYER:
+        if isinstance(layer, keras.Model):
             return layer
     return None
 
@@ -91,6 +90,8 @@ def set_trainable(model, phase: Phase) -> None:
     import keras
 
     model.trainable = True
+    for layer in model.layers:  # (a functional model's own setter does not reach nested models)
+        layer.trainable = layer.name != "caffe_preprocess"  # a fixed transform, never trained
     backbone = find_backbone(model)
     if backbone is None or phase.name == "train":
         return

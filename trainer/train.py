@@ -19,9 +19,11 @@ from __future__ import annotations
 import logging
 import math
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -118,7 +120,16 @@ class _Progress:
 class Trainer:
     """Builds the model under the strategy and runs epochs; evaluation helpers for the report."""
 
-    def __init__(self, cfg: TrainConfig, runtime: Runtime, dataset: data_lib.Dataset, cache_dir=None):
+    def __init__(self, cfg: TrainConfig, runtime: Runtime, dataset: data_lib.Dataset, cache_dir=None,
+                 init_weights=None):
+        import tensorflow as tf
+
+        if init_weights is None:  # trainer/weights.py: none, ImageNet or a file, as a local path
+            from trainer import weights
+
+            init_weights = weights.resolve(cfg, Path(cache_dir or tempfile.gettempdir()))
+        self.init_weights = init_weights
+
         self.cfg = cfg
         self.rt = runtime
         self.ds = dataset
@@ -133,7 +144,7 @@ class Trainer:
 
         keras.utils.set_random_seed(cfg.seed)  # same initial weights for the same seed
         with strategy.scope():
-            self.model = build_model(cfg.model, cfg.image_size, dataset.num_classes)
+            self.model = build_model(cfg.model, cfg.image_size, dataset.num_classes, init_weights.path)
             self.phases = schedule.plan(cfg, schedule.find_backbone(self.model) is not None)
             self.optimizer = make_optimizer(cfg, schedule.learning_rate(cfg, self.phases, self.steps_per_epoch))
             # built for every variable any phase trains: its state is the same in every phase
