@@ -28,8 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from trainer import data as data_lib
-from trainer import multiworker
-from trainer import schedule
+from trainer import multiworker, schedule
 from trainer.best import BestWeights
 from trainer.checkpoint import Checkpointer, Position
 from trainer.config import TrainConfig
@@ -122,7 +121,6 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, runtime: Runtime, dataset: data_lib.Dataset, cache_dir=None,
                  init_weights=None):
-        import tensorflow as tf
 
         if init_weights is None:  # trainer/weights.py: none, ImageNet or a file, as a local path
             from trainer import weights
