@@ -92,8 +92,11 @@ def test_backbone_model_exports_for_serving(tiny_folder, tmp_path):
 
 
 def test_resnet50_preprocessing_is_caffe_style():
+    import keras
+
     from trainer.models import build_model
 
+    keras.mixed_precision.set_global_policy("float32")  # an earlier test may have left bfloat16
     model = build_model("resnet50", SIZE, 2)
     pixel = np.array([[[[10.0, 20.0, 30.0]]]], np.float32)
     out = np.asarray(model.get_layer("caffe_preprocess")(pixel))[0, 0, 0]
