@@ -228,9 +228,27 @@ def _stream_scratch(scratch: Path) -> Path:
     """This process's directory for shard windows, removed at exit."""
     global _scratch_root
     if _scratch_root is None:
+        _remove_orphans(scratch / "stream")
         _scratch_root = scratch / "stream" / f"{os.getpid()}-{uuid.uuid4().hex[:6]}"
         atexit.register(clear_scratch, _scratch_root)
     return _scratch_root
+
+
+def _remove_orphans(root: Path) -> None:
+    """Shard windows left by processes that were killed (SIGKILL skips atexit)."""
+    if not root.is_dir():
+        return
+    for entry in root.iterdir():
+        pid_text = entry.name.split("-", 1)[0]
+        if not pid_text.isdigit():
+            continue
+        try:
+            os.kill(int(pid_text), 0)
+        except ProcessLookupError:
+            log.info("removing %s, left by a process that is gone", entry)
+            clear_scratch(entry)
+        except PermissionError:
+            pass  # alive, someone else's
 
 
 class PackedSource:

@@ -226,3 +226,21 @@ def test_training_stopped_mid_epoch_resumes_on_the_same_streamed_batches(packed_
     np.testing.assert_allclose(resumed.history["loss"], clean_result.history["loss"], rtol=1e-4)
     for a, b in zip(second.model.get_weights(), clean.model.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+
+
+def test_shard_windows_of_killed_processes_are_removed(tmp_path, monkeypatch):
+    import os
+    import subprocess
+
+    proc = subprocess.Popen(["true"])  # a pid that has exited
+    proc.wait()
+    stream = tmp_path / "scratch" / "stream"
+    orphan = stream / f"{proc.pid}-abc123"
+    orphan.mkdir(parents=True)
+    (orphan / "train__train-00000.tfrecord").write_bytes(b"x")
+    mine = stream / "notapid"
+    mine.mkdir()
+    monkeypatch.setattr(packed, "_scratch_root", None)
+    root = packed._stream_scratch(tmp_path / "scratch")
+    assert not orphan.exists() and mine.exists()
+    assert root.parent == stream and root.name.startswith(f"{os.getpid()}-")
