@@ -177,15 +177,21 @@ def scan(root: Path, sample: int = SCAN_SAMPLE) -> NativeSize | None:
 
 
 def fit_to_source(cfg: TrainConfig, scratch: Path) -> Resolved:
-    """``fit_to_data`` for ``cfg.data`` wherever it is: built in, packed (its manifest does not
-    record image sizes: the model's largest ``auto`` size) or class folders (fetched first)."""
+    """``fit_to_data`` for ``cfg.data`` wherever it is: built in, packed (the image sizes its
+    manifest recorded when it was packed) or class folders (fetched first)."""
     if is_resolved(cfg) or cfg.builtin is not None:
         return fit_to_data(cfg, None)
     from trainer import packed, storage
 
-    if packed.read_manifest(storage.open_store(cfg.data)) is not None:
+    manifest = packed.read_manifest(storage.open_store(cfg.data))
+    if manifest is not None:
+        n = manifest.native_size
+        if n:
+            return _fit_logged(cfg, NativeSize(n["median_shorter_side"], n["images"], n["smallest"], n["largest"]),
+                               f"median shorter side of the {n['images']} packed images,"
+                               f" {n['smallest']}-{n['largest']} px (manifest)")
         size = size_range(cfg.model)[1]
-        return _fit_logged(cfg, NativeSize(size, 0, size, size), "a packed dataset records no image sizes")
+        return _fit_logged(cfg, NativeSize(size, 0, size, size), "a packed dataset that records no image sizes")
     return fit_to_data(cfg, storage.fetch_dataset(cfg.data, scratch / "datasets"))
 
 

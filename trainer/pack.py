@@ -81,16 +81,17 @@ class _PlannedShard:
         return shard_name(self.split, self.index)
 
 
-def _check_image(path: str) -> bytes | None:
-    """The file's bytes if it decodes completely (a truncated JPEG does not), else None."""
+def _check_image(path: str) -> tuple[bytes, int] | None:
+    """The file's bytes and shorter side if it decodes completely (a truncated JPEG does not)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         data = Path(path).read_bytes()
         with Image.open(io.BytesIO(data)) as img:
+            shorter = min(img.size)
             img.draft("RGB", (64, 64))  # JPEG: decode at reduced scale, still reads every byte
             img.load()
-        return data
+        return data, shorter
     except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
         log.warning("skipping unreadable image %s: %s", path, exc)
         return None
@@ -147,19 +148,23 @@ def _write_shard(shard: _PlannedShard, pool: ThreadPoolExecutor, out: Path) -> d
     import tensorflow as tf
 
     per_class: dict[int, int] = {}
+    sides: dict[int, int] = {}  # shorter side in pixels -> images (for the native size)
     images = skipped = 0
     with tf.io.TFRecordWriter(str(out)) as writer:
-        for (path, label, _), key, data in zip(shard.files, shard.keys,
-                                               pool.map(_check_image, [f[0] for f in shard.files])):
-            if data is None:
+        for (path, label, _), key, checked in zip(shard.files, shard.keys,
+                                                  pool.map(_check_image, [f[0] for f in shard.files])):
+            if checked is None:
                 skipped += 1
                 continue
+            data, shorter = checked
+            sides[shorter] = sides.get(shorter, 0) + 1
             fmt = FORMATS.get(Path(path).suffix.lower(), "unknown")
             writer.write(example_bytes(data, fmt, label, key))
             per_class[label] = per_class.get(label, 0) + 1
             images += 1
     return {"name": shard.name, "bytes": out.stat().st_size, "sha256": file_sha256(out),
-            "images": images, "skipped": skipped, "per_class": {str(k): v for k, v in per_class.items()}}
+            "images": images, "skipped": skipped, "per_class": {str(k): v for k, v in per_class.items()},
+            "shorter_sides": {str(k): v for k, v in sides.items()}}
 
 
 def pack(src: str, dest: str, opts: PackOptions, scratch: Path) -> Manifest:
@@ -261,8 +266,27 @@ def _manifest(src: str, class_names, shards: list[_PlannedShard], done: dict[str
             shards=tuple(ShardRef(r["name"], r["bytes"], r["sha256"], r["images"]) for r in records))
     skipped = sum(r["skipped"] for r in done.values())
     manifest = Manifest(tuple(class_names), splits, opts.seed, opts.val_fraction, opts.test_fraction,
-                        skipped, src, datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
+                        skipped, src, datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                        native_size=_native_size(done.values()))
     return Manifest(**{**manifest.__dict__, "fingerprint": manifest.computed_fingerprint()})
+
+
+def _native_size(records) -> dict | None:
+    """Median, smallest and largest shorter side of the packed images (for ``image_size: 0``)."""
+    sides: dict[int, int] = {}
+    for r in records:
+        for side, n in r.get("shorter_sides", {}).items():
+            sides[int(side)] = sides.get(int(side), 0) + n
+    total = sum(sides.values())
+    if not total:
+        return None
+    seen, median = 0, 0
+    for side in sorted(sides):
+        seen += sides[side]
+        if seen * 2 >= total:
+            median = side
+            break
+    return {"median_shorter_side": median, "smallest": min(sides), "largest": max(sides), "images": total}
 
 
 def _check(manifest: Manifest, total: int, opts: PackOptions, src: str) -> None:

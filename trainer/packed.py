@@ -92,6 +92,7 @@ class Manifest:
     source: str = ""
     created: str = ""
     fingerprint: str = field(default="")
+    native_size: dict | None = None  # median/smallest/largest shorter side in pixels, images
 
     def computed_fingerprint(self) -> str:
         """SHA-256 of the class names and every shard's name, size, checksum and count."""
@@ -111,6 +112,7 @@ class Manifest:
             "split_rule": {"seed": self.seed, "val_fraction": self.val_fraction,
                            "test_fraction": self.test_fraction},
             "skipped_images": self.skipped_images,
+            "native_size": self.native_size,
             "splits": {
                 name: {"images": info.images, "bytes": info.bytes, "per_class": info.per_class,
                        "shards": [{"name": s.name, "bytes": s.bytes, "sha256": s.sha256,
@@ -138,7 +140,7 @@ class Manifest:
             manifest = cls(tuple(raw["class_names"]), splits, int(rule["seed"]),
                            float(rule["val_fraction"]), float(rule["test_fraction"]),
                            int(raw.get("skipped_images", 0)), raw.get("source", ""),
-                           raw.get("created", ""), raw["fingerprint"])
+                           raw.get("created", ""), raw["fingerprint"], raw.get("native_size"))
         except DataError:
             raise
         except (ValueError, KeyError, TypeError, AttributeError) as exc:

@@ -244,3 +244,16 @@ def test_shard_windows_of_killed_processes_are_removed(tmp_path, monkeypatch):
     root = packed._stream_scratch(tmp_path / "scratch")
     assert not orphan.exists() and mine.exists()
     assert root.parent == stream and root.name.startswith(f"{os.getpid()}-")
+
+
+def test_manifest_records_native_size_for_auto_image_size(folder, packed_dir, tmp_path):
+    from trainer import defaults
+
+    manifest = packed.read_manifest(Store(str(packed_dir)))
+    assert manifest.native_size == {"median_shorter_side": 12, "smallest": 12, "largest": 12, "images": 120}
+    cfg = load_config({"data": str(packed_dir), "output": str(tmp_path / "o"), "model": "seed_cnn"})
+    lo, hi = defaults.size_range("seed_cnn")
+    resolved = defaults.fit_to_source(cfg, tmp_path / "scratch").config
+    assert resolved.image_size == min(hi, max(lo, 12))
+    folder_cfg = load_config({"data": str(folder), "output": str(tmp_path / "o"), "model": "seed_cnn"})
+    assert defaults.fit_to_source(folder_cfg, tmp_path / "scratch").config.image_size == resolved.image_size
