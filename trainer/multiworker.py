@@ -25,6 +25,9 @@ What was measured on this TF build (2.21, CPU, two processes on loopback), and t
   accepted a restarted worker 1, which then ran collectives against a dying cluster. For the
   same reason a restarted worker waits ``heartbeat timeout + margin`` before it rendezvouses
   (``settle``), so every survivor of the previous attempt has noticed the loss and exited.
+* The coordination service replaces the process's SIGTERM handler with its own (TensorFlow's
+  preemption notifier): a SIGTERMed worker trained on as if nothing happened. The trainer's
+  handler is installed again once the cluster is up.
 * Rendezvous is bounded: worker 0 waited forever for a peer that never came, so
   ``rendezvous_timeout_seconds`` is enforced by a timer that ends the process with exit 1
   (counted against ``backoffLimit``: a worker that never comes is a real failure).
@@ -35,6 +38,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 import threading
 import time
@@ -311,6 +315,7 @@ def make_strategy(cluster: Cluster, rendezvous_timeout_seconds: float, collectiv
                    f"{cluster.workers[cluster.index]}); check that every worker pod runs and resolves "
                    f"{', '.join(cluster.workers)}", EXIT_UNEXPECTED)
     _active = cluster
+    sigterm = signal.getsignal(signal.SIGTERM)
     try:
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
         barrier(strategy)  # returns once every worker is up (MWMS itself does not wait)
@@ -320,6 +325,11 @@ def make_strategy(cluster: Cluster, rendezvous_timeout_seconds: float, collectiv
         _die(f"joining the {cluster.num_workers} workers failed after {time.monotonic() - start:.0f} s "
              f"(this is worker {cluster.index}): {type(exc).__name__}: {first}", EXIT_UNEXPECTED)
     timer.cancel()
+    # The coordination service installs its own SIGTERM handler (TensorFlow's preemption
+    # notifier), which swallowed the signal: the trainer's handler (checkpoint, stop together)
+    # is put back.
+    if callable(sigterm):
+        signal.signal(signal.SIGTERM, sigterm)
     _watchdog = GraphWatchdog(collective_timeout_seconds)
     log.info("all %d workers joined in %.1f s: %d replicas in sync", cluster.num_workers,
              time.monotonic() - start, strategy.num_replicas_in_sync)

@@ -10,6 +10,7 @@ Job re-creates both, they resume, and the history holds every epoch once.
 """
 
 import json
+import time
 
 import pytest
 import yaml
@@ -90,19 +91,15 @@ def test_two_workers_train_one_model(as_launcher_sa, kube, namespace, tmp_path):
 @pytest.mark.timeout(600)
 def test_evicted_worker_restarts_all_from_the_checkpoint(as_launcher_sa, kube, namespace, tmp_path):
     run = tmp_path / "run"
-    epochs = 8
+    epochs = 20
     jobs = as_launcher_sa
     jobs("submit", _spec_file(tmp_path, backoff_limit=0), *_train(run, epochs))
     marker = run / "checkpoints" / "latest.json"
-
-    def worker1_running_after_epoch_2(pods):
-        if not marker.exists() or json.loads(marker.read_text())["epoch"] < 2:
-            return None
-        return [p for p in pods if _index(p) == 1 and p.status.phase == "Running"]
-
-    (victim,) = wait_for("2 epochs with worker 1 running", kube.core.list_namespaced_pod, namespace,
-                         worker1_running_after_epoch_2, timeout_seconds=300,
-                         label_selector=f"batch.kubernetes.io/job-name={NAME}")
+    deadline = time.monotonic() + 300
+    while not (marker.exists() and json.loads(marker.read_text())["epoch"] >= 2):
+        assert time.monotonic() < deadline, "no checkpoint after 2 epochs within 300 s"
+        time.sleep(0.2)  # a local file: nothing to watch
+    (victim,) = [p for p in job_pods(kube, namespace, NAME) if _index(p) == 1]
     kube.core.create_namespaced_pod_eviction(victim.metadata.name, namespace, client.V1Eviction(
         metadata=client.V1ObjectMeta(name=victim.metadata.name, namespace=namespace)))
 
@@ -123,6 +120,6 @@ def test_evicted_worker_restarts_all_from_the_checkpoint(as_launcher_sa, kube, n
         assert "resuming from checkpoint" in log, log[-2000:]
 
     metrics = json.loads((run / "report" / "metrics.json").read_text())
-    assert metrics["resumed_from"] is not None
+    assert metrics["resumed_from"] is not None and metrics["resumed_from"][0] >= 2
     assert metrics["epochs_completed"] == epochs
     assert all(len(values) == epochs for values in metrics["history"].values())
