@@ -233,6 +233,9 @@ def exit_now(code: int) -> None:
     Only once ``main`` has returned: by then every file is written, pushed and published and no
     thread has work left, so there is nothing for the teardown to finish but logs and stdio.
     """
+    packed = sys.modules.get("trainer.packed")
+    if packed is not None:
+        packed.clear_stream_scratch()  # its atexit hook would not run
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()

@@ -236,6 +236,12 @@ def _stream_scratch(scratch: Path) -> Path:
     return _scratch_root
 
 
+def clear_stream_scratch() -> None:
+    """Remove this process's shard windows now (for exits that skip ``atexit``: ``os._exit``)."""
+    if _scratch_root is not None:
+        clear_scratch(_scratch_root)
+
+
 def _remove_orphans(root: Path) -> None:
     """Shard windows left by processes that were killed (SIGKILL skips atexit)."""
     if not root.is_dir():
