@@ -47,12 +47,12 @@ class BestWeights:
         """Call after ``epoch``'s validation row is in ``history`` and before its checkpoint."""
         if best_epoch(history) != epoch:
             return
+        if not self.is_chief:
+            return  # other workers write nothing shared; ``select`` reads worker 0's file
         rel = _rel(epoch)
         path = self.run_dir.local / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         self.model.save_weights(str(path))
-        if not self.is_chief:
-            return
         self.run_dir.push(rel)
         for old in path.parent.glob(f"{PREFIX.rsplit('/', 1)[1]}*{SUFFIX}"):
             if old.name != path.name:
