@@ -62,6 +62,10 @@ lint: $(STAMP) ## ruff on the Python code
 bench-gcs: $(STAMP) ## benchmark parallel vs sequential download of 1,000 small objects from the GCS emulator (~4 min)
 	$(PY) -m bench.gcs_download
 
+.PHONY: bench-multiworker
+bench-multiworker: $(STAMP) ## 2 workers (MultiWorkerMirroredStrategy) vs 1 process, same global batch (~5 min)
+	$(PY) -m bench.multiworker --rounds 2 --epochs 4
+
 .PHONY: bench-data
 bench-data: $(STAMP) ## packed shards streamed vs download-all, 1k/10k/100k JPEGs in the GCS emulator (~20-25 min)
 	$(PY) -m bench.data_stream $(BENCH_DATA_ARGS)
