@@ -86,8 +86,8 @@ def table(runs: list[dict]) -> str:
     med = {v: {k: statistics.median(r[k] for r in rs) for k in
                ("images_per_second", "epoch_seconds", "epoch_seconds_all_in", "wall_seconds", "test_accuracy")}
            for v, rs in by.items() if rs}
-    rows = ["| variant | workers x replicas | train img/s | s/epoch (train) | s/epoch (all in) "
-            "| process wall s | test acc | vs `one` (img/s) | vs `mirrored2` (img/s) |",
+    rows = [("| variant | workers x replicas | train img/s | s/epoch (train) | s/epoch (all in) "
+             "| process wall s | test acc | vs `one` (img/s) | vs `mirrored2` (img/s) |"),
             "|---|---|---|---|---|---|---|---|---|"]
     for v, m in med.items():
         r = by[v][0]
