@@ -18,14 +18,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import sys
 import textwrap
 import traceback
-from pathlib import Path
 
 from trainer import errors, multiworker
-from trainer.config import field_docs, load_config, parse_overrides, read_yaml
+from trainer.config import field_docs, load_config, parse_overrides, read_config_file
 
 log = logging.getLogger("trainer")
 
@@ -141,26 +139,12 @@ def configure_logging(quiet: bool = False) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def _install_sigterm(stop) -> None:
-    def handler(signum, _frame):
-        name = signal.Signals(signum).name
-        if stop:  # second signal: give up at once
-            sys.exit(errors.EXIT_PREEMPTED)
-        log.warning("%s received: saving a checkpoint at the next step boundary", name)
-        stop.set(f"stopped by {name}")
-
-    signal.signal(signal.SIGTERM, handler)
-
-
 def _train(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.quiet)
     file_values = {}
     if args.config:
-        path = Path(args.config)
-        if not path.is_file():
-            raise errors.ConfigError(f"config file {args.config!r} not found")
-        file_values = read_yaml(path.read_text(), args.config)
+        file_values = read_config_file(args.config)
     overrides = parse_overrides(args.set)
     for key in ("data", "output", "epochs", "model", "batch_size", "learning_rate", "image_size", "cpu_replicas"):
         value = getattr(args, key)
@@ -171,13 +155,18 @@ def _train(argv: list[str]) -> int:
         sys.stdout.write(cfg.to_yaml())
         return errors.EXIT_OK
 
+    from trainer import preemption, runlog
     from trainer.run import run
-    from trainer.train import StopRequest
 
-    stop = StopRequest()
-    _install_sigterm(stop)
+    stop = preemption.PhasedStop()
+    preemption.install(stop)
     log.info("training %s on %s -> %s", cfg.model, cfg.data, cfg.output)
-    run(cfg, stop)
+    try:
+        run(cfg, stop)
+    except BaseException as exc:
+        runlog.finish(exc)  # the failed attempt's log, with its error, outlives the pod
+        raise
+    runlog.finish()
     return errors.EXIT_OK
 
 

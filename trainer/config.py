@@ -15,13 +15,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 
 import yaml
 
 from trainer.errors import ConfigError
+from trainer.quoting import brief
 from trainer.schema import check_keys, doc_field
 
 BUILTIN_PREFIX = "builtin:"
@@ -82,6 +86,8 @@ class TrainConfig:
     cache: str = _f("auto", "decoded-image cache: auto = memory when it fits, else disk", CACHES)
     stream_window: int = _f(4, "packed datasets: shards fetched ahead onto local scratch while training")
     max_bad_image_fraction: float = _f(0.01, "corrupt images are skipped; above this share the run fails")
+    max_image_pixels: int = _f(40_000_000, "images larger than this (width x height, read from the "
+                               "header before decoding) are skipped and counted as bad")
     keep_checkpoints: int = _f(3, "how many epoch checkpoints to keep")
     rendezvous_timeout_seconds: int = _f(600, "multi-worker: wait at most this long for all workers to join (then exit 1)")
     collective_timeout_seconds: int = _f(900, "multi-worker: a step waiting longer than this for the others restarts all (exit 75)")
@@ -143,15 +149,15 @@ def _coerce(name: str, value: Any, typ: str, choices: tuple[str, ...] | None) ->
                 raise ValueError
             value = str(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"config key {name!r}: expected {base}, got {value!r}") from None
+        raise ConfigError(f"config key {brief(name)}: expected {base}, got {brief(value)}") from None
     if choices and value not in choices:
-        raise ConfigError(f"config key {name!r}: {value!r} is not one of: {', '.join(choices)}")
+        raise ConfigError(f"config key {brief(name)}: {brief(value)} is not one of: {', '.join(choices)}")
     return value
 
 
 def _build(cls: type, values: Mapping[str, Any], prefix: str = "") -> Any:
     if not isinstance(values, Mapping):
-        raise ConfigError(f"config section {prefix.rstrip('.') or '<top>'!r} must be a mapping")
+        raise ConfigError(f"config section {brief(prefix.rstrip('.') or '<top>')} must be a mapping")
     known = {f.name: f for f in fields(cls)}
     check_keys(values, known, prefix, what="config key")
     kwargs = {}
@@ -181,7 +187,7 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep or not key:
-            raise ConfigError(f"--set expects KEY=VALUE, got {pair!r}")
+            raise ConfigError(f"--set expects KEY=VALUE, got {brief(pair)}")
         try:
             value = yaml.safe_load(raw) if raw else ""
         except yaml.YAMLError:
@@ -194,17 +200,45 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
+MAX_CONFIG_FILE_BYTES = 1 << 20  # a config is a screenful of keys; anything bigger is a mistake
+
+
+def read_config_file(path: str) -> dict[str, Any]:
+    """The mapping in the YAML file ``path``; every way it can be unreadable is a ConfigError."""
+    where = brief(path)
+    p = Path(path)
+    try:
+        if not p.exists():
+            raise ConfigError(f"config file {where} not found")
+        if not p.is_file():
+            raise ConfigError(f"config file {where} is not a regular file")
+        if p.stat().st_size > MAX_CONFIG_FILE_BYTES:
+            raise ConfigError(f"config file {where} is larger than {MAX_CONFIG_FILE_BYTES >> 20} MiB; "
+                              "is it the right file?")
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"config file {where} cannot be read: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {where} is not UTF-8 text (bad byte at offset {exc.start}); "
+                          "save it as UTF-8") from None
+    return read_yaml(text, path)
+
+
 def read_yaml(text: str, source: str) -> dict[str, Any]:
     try:
         loaded = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{source}:{where} is not valid YAML") from None
+        raise ConfigError(f"{brief(source)}:{where} is not valid YAML") from None
+    except RecursionError:
+        raise ConfigError(f"{brief(source)}: YAML nested too deeply") from None
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):
-        raise ConfigError(f"{source}: expected a mapping of config keys at the top level")
+        raise ConfigError(f"{brief(source)}: expected a mapping of config keys at the top level")
     return loaded
 
 
@@ -220,10 +254,11 @@ def _validate(cfg: TrainConfig) -> None:
              f"unknown built-in dataset {cfg.data!r}; available: "
              + ", ".join(BUILTIN_PREFIX + d for d in BUILTIN_DATASETS))
     for uri_key in ("data", "output", "promote_to"):
-        uri = getattr(cfg, uri_key)
-        if uri.startswith("gs://"):
-            need(len(uri) > len("gs://") and not uri[5:].startswith("/"),
-                 f"config key {uri_key!r}: {uri!r} has no bucket name (gs://BUCKET/prefix)")
+        _check_uri(uri_key, getattr(cfg, uri_key))
+    need(not _inside(cfg.output, cfg.data),
+         f"output {brief(cfg.output)} is the dataset {brief(cfg.data)} or inside it: the run would "
+         "write into the dataset and every later run would train on its outputs; use another --output")
+    need(cfg.max_image_pixels >= 1, "config key 'max_image_pixels': must be >= 1")
     need(cfg.image_size >= 16 or cfg.image_size == 0,
          f"config key 'image_size': {cfg.image_size} is too small (minimum 16)")
     need(cfg.image_size <= 1024, f"config key 'image_size': {cfg.image_size} is too large (maximum 1024)")
@@ -261,6 +296,41 @@ def _validate(cfg: TrainConfig) -> None:
     for name in ("rotation", "shift", "zoom"):
         value = getattr(a, name)
         need(value is None or 0 <= value <= 0.5, f"config key 'augment.{name}': must be in [0, 0.5]")
+
+
+# Cloud Storage bucket names: 3-63 characters (up to 222 with dots, 63 per dot-separated part),
+# lowercase letters, digits, '-', '_' and '.', starting and ending with a letter or digit.
+_BUCKET = re.compile(r"[a-z0-9](?:[a-z0-9._-]{1,220})[a-z0-9]")
+
+
+def _check_uri(key: str, uri: str) -> None:
+    """A ``gs://`` URI needs a valid bucket name; no URI may hold control characters."""
+    if any(ord(ch) < 32 for ch in uri):
+        raise ConfigError(f"config key {key!r}: {brief(uri)} contains a control character (newline?)")
+    if not uri.startswith("gs://"):
+        return
+    bucket = uri[5:].split("/", 1)[0]
+    if not bucket:
+        raise ConfigError(f"config key {key!r}: {brief(uri)} has no bucket name (gs://BUCKET/prefix)")
+    parts_ok = all(0 < len(part) <= 63 for part in bucket.split("."))
+    if not (_BUCKET.fullmatch(bucket) and parts_ok and (len(bucket) <= 63 or "." in bucket)):
+        raise ConfigError(
+            f"config key {key!r}: {brief(bucket)} is not a valid bucket name (3-63 lowercase letters, "
+            "digits, '-', '_' or '.', starting and ending with a letter or digit)")
+
+
+def _inside(inner: str, outer: str) -> bool:
+    """True when the location ``inner`` is ``outer`` or below it (both local, or both gs://)."""
+    if not inner or not outer or outer.startswith(BUILTIN_PREFIX):
+        return False
+    if inner.startswith("gs://") != outer.startswith("gs://"):
+        return False
+    if inner.startswith("gs://"):
+        a, b = inner.rstrip("/") + "/", outer.rstrip("/") + "/"
+    else:
+        a = os.path.realpath(os.path.expanduser(inner)) + os.sep
+        b = os.path.realpath(os.path.expanduser(outer)) + os.sep
+    return a.startswith(b)
 
 
 def load_config(

@@ -19,6 +19,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -238,48 +239,103 @@ def discover(root: Path) -> tuple[tuple[str, ...], dict[str, tuple[list[Path], n
 
 
 def _parallel_map(fn, items: list) -> list:
-    """``[fn(x) for x in items]`` on a thread pool (image I/O and PIL decoding release the GIL)."""
-    with ThreadPoolExecutor(max_workers=min(32, (os.cpu_count() or 1) * 4)) as pool:
+    """``[fn(x) for x in items]`` on a thread pool (image I/O and PIL decoding release the GIL).
+
+    On an exception (SIGTERM arrives as one) the queued items are cancelled, not worked off.
+    """
+    pool = ThreadPoolExecutor(max_workers=min(32, (os.cpu_count() or 1) * 4))
+    try:
         return list(pool.map(fn, items))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _decode_one(path: Path, size: int) -> np.ndarray | None:
-    """Decode and resize one image to [size, size, 3] uint8; None if it cannot be read."""
+# Pillow may open only the formats the docs list, whatever a file's extension says.
+PIL_FORMATS = ("JPEG", "PNG", "BMP", "GIF")
+MAX_WARNINGS = 10  # per-image skip warnings logged per dataset; the rest are only counted
+
+
+class _Skips:
+    """Counts skipped images by reason; logs the first few, then one summary line."""
+
+    def __init__(self) -> None:
+        self.reasons: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def add(self, path: Path, reason: str, detail: str) -> None:
+        with self._lock:
+            self.reasons[reason] = self.reasons.get(reason, 0) + 1
+            first = sum(self.reasons.values()) <= MAX_WARNINGS
+        if first:
+            log.warning("skipping image %s: %s", path, detail)
+
+    def summary(self) -> str:
+        return ", ".join(f"{n} {reason}" for reason, n in sorted(self.reasons.items()))
+
+
+def _open_checked(path: Path, max_pixels: int, skips: _Skips):
+    """Open ``path`` reading only its header; None (and counted) if unsupported or too large."""
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as img:
+        img = Image.open(path, formats=PIL_FORMATS)
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
+        skips.add(path, "unreadable or not JPEG/PNG/BMP/GIF", str(exc))
+        return None
+    width, height = img.size
+    if width * height > max_pixels:
+        img.close()
+        skips.add(path, f"larger than max_image_pixels={max_pixels}",
+                  f"{width}x{height} pixels exceeds max_image_pixels={max_pixels}")
+        return None
+    return img
+
+
+def _decode_one(path: Path, size: int, max_pixels: int, skips: _Skips) -> np.ndarray | None:
+    """Decode and resize one image to [size, size, 3] uint8; None if it cannot be read."""
+    from PIL import Image, UnidentifiedImageError
+
+    img = _open_checked(path, max_pixels, skips)
+    if img is None:
+        return None
+    try:
+        with img:
             img.draft("RGB", (size, size))  # JPEG: decode at reduced scale when much larger
             rgb = img.convert("RGB").resize((size, size), Image.BILINEAR)
             return np.asarray(rgb, np.uint8)
     except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
-        log.warning("skipping unreadable image %s: %s", path, exc)
+        skips.add(path, "unreadable or not JPEG/PNG/BMP/GIF", str(exc))
         return None
 
 
-def _decode_all(files: list[Path], labels: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, int]:
+def _decode_all(files: list[Path], labels: np.ndarray, size: int, max_pixels: int,
+                skips: _Skips) -> tuple[np.ndarray, np.ndarray, int]:
     """Decode in a thread pool (PIL releases the GIL); returns images, labels, number skipped."""
-    decoded = _parallel_map(lambda p: _decode_one(p, size), files)
+    decoded = _parallel_map(lambda p: _decode_one(p, size, max_pixels, skips), files)
     ok = [i for i, img in enumerate(decoded) if img is not None]
     images = np.stack([decoded[i] for i in ok]) if ok else np.zeros((0, size, size, 3), np.uint8)
     return images, labels[ok], len(files) - len(ok)
 
 
-def _verify_one(path: Path) -> bool:
+def _verify_one(path: Path, max_pixels: int, skips: _Skips) -> bool:
     from PIL import Image, UnidentifiedImageError
 
+    img = _open_checked(path, max_pixels, skips)
+    if img is None:
+        return False
     try:
-        with Image.open(path) as img:
+        with img:
             img.verify()
         return True
     except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
-        log.warning("skipping unreadable image %s: %s", path, exc)
+        skips.add(path, "unreadable or not JPEG/PNG/BMP/GIF", str(exc))
         return False
 
 
-def _verify_all(files: list[Path], labels: np.ndarray) -> tuple[list[Path], np.ndarray, int]:
+def _verify_all(files: list[Path], labels: np.ndarray, max_pixels: int,
+                skips: _Skips) -> tuple[list[Path], np.ndarray, int]:
     """Check every file's header and structure without a full decode (the streaming path)."""
-    good = _parallel_map(_verify_one, files)
+    good = _parallel_map(lambda p: _verify_one(p, max_pixels, skips), files)
     ok = [i for i, g in enumerate(good) if g]
     return [files[i] for i in ok], labels[ok], len(files) - len(ok)
 
@@ -308,10 +364,10 @@ def _fits_in_memory(num_images: int, size: int) -> bool:
     return num_images * size * size * 3 <= MEMORY_BUDGET_FRACTION * memory_limit_bytes()
 
 
-def _check_bad(skipped: int, total: int, cfg: TrainConfig, where: str) -> None:
+def _check_bad(skipped: int, total: int, cfg: TrainConfig, where: str, reasons: str = "") -> None:
     if total and skipped / total > cfg.max_bad_image_fraction:
         raise DataError(
-            f"{skipped} of {total} images in {where} are unreadable, more than"
+            f"{skipped} of {total} images in {where} are unreadable ({reasons or 'skipped'}), more than"
             f" max_bad_image_fraction={cfg.max_bad_image_fraction}; fix or remove them"
         )
 
@@ -336,18 +392,19 @@ def load_directory(root: Path, cfg: TrainConfig) -> Dataset:
     in_memory = cfg.cache == "memory" or (cfg.cache == "auto" and _fits_in_memory(total_files, size))
     splits: dict[str, Split] = {}
     skipped = 0
+    skips = _Skips()
     for split, (files, labels) in found.items():
         if in_memory:
-            images, labels_ok, bad = _decode_all(files, labels, size)
+            images, labels_ok, bad = _decode_all(files, labels, size, cfg.max_image_pixels, skips)
             skipped += bad
             splits[split] = Split(labels=labels_ok, images=images)
         else:
-            files_ok, labels_ok, bad = _verify_all(files, labels)
+            files_ok, labels_ok, bad = _verify_all(files, labels, cfg.max_image_pixels, skips)
             skipped += bad
             splits[split] = Split(labels=labels_ok, paths=tuple(str(p) for p in files_ok))
-    _check_bad(skipped, total_files, cfg, str(root))
     if skipped:
-        log.warning("skipped %d unreadable image(s) of %d", skipped, total_files)
+        log.warning("skipped %d unreadable image(s) of %d: %s", skipped, total_files, skips.summary())
+    _check_bad(skipped, total_files, cfg, str(root), skips.summary())
     for name in SPLITS:
         if len(splits[name]) == 0:
             raise DataError(f"{root}: the {name} split has no images")

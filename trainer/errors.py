@@ -22,6 +22,7 @@ EXIT_OK = 0
 EXIT_UNEXPECTED = 1  # a bug or an unforeseen failure: retried up to the Job's backoffLimit
 EXIT_CONFIG = 2  # bad configuration or usage: never retried
 EXIT_DATA = 3  # bad or missing data: never retried
+EXIT_DIVERGED = 4  # the loss became NaN/inf: deterministic for the same config, never retried
 EXIT_PEER_LOST = 75  # multi-worker: another worker is gone (EX_TEMPFAIL); all restart, not counted
 EXIT_INTERRUPTED = 130  # 128 + SIGINT: Ctrl-C on a local run
 EXIT_KILLED = 137  # 128 + SIGKILL: not the trainer's choice (out of memory, grace period over)
@@ -49,6 +50,8 @@ EXIT_CODES: tuple[ExitCode, ...] = (
     ExitCode(EXIT_CONFIG, "configuration error", "bad configuration", FAIL_JOB,
              "not retried, fix the spec's train: section"),
     ExitCode(EXIT_DATA, "data error", "bad or missing data", FAIL_JOB, "not retried, fix the dataset"),
+    ExitCode(EXIT_DIVERGED, "training diverged", "the loss became NaN or infinite", FAIL_JOB,
+             "not retried (a retry diverges again), lower learning_rate"),
     ExitCode(EXIT_PEER_LOST, "peer lost", "multi-worker: another worker died or hangs", IGNORE,
              "all workers restart from worker 0's last checkpoint, not counted"),
     ExitCode(EXIT_INTERRUPTED, "interrupted", "interrupted (SIGINT, Ctrl-C)", COUNT,
@@ -86,6 +89,12 @@ class DataError(TrainerError):
     """The dataset is missing, empty, unreadable or malformed; retrying cannot help."""
 
     exit_code = EXIT_DATA
+
+
+class Diverged(TrainerError):
+    """The training loss became NaN or infinite: the same config and data diverge again."""
+
+    exit_code = EXIT_DIVERGED
 
 
 class StorageError(TrainerError):

@@ -2,7 +2,7 @@
 
 Output layout (``<output>`` is a local directory or ``gs://bucket/prefix``)::
 
-    config.yaml              the resolved config (written first)
+    config.yaml              the resolved config (written once the checkpoint, if any, restored)
     checkpoints/             resumable checkpoints + latest.json marker
     model/                   exported model with its class names (published when complete)
     report/                  metrics.json, learning_curves.png, confusion_matrix.png,
@@ -32,50 +32,77 @@ from pathlib import Path
 import yaml
 
 from trainer import data as data_lib
-from trainer import defaults, multiworker, weights
+from trainer import defaults, multiworker, runlog, weights
 from trainer.checkpoint import Checkpointer
 from trainer.config import TrainConfig
-from trainer.errors import ConfigError
+from trainer.errors import ConfigError, DataError
 from trainer.observer import RunObserver
 from trainer.phases import Phases
+from trainer.preemption import PhasedStop, SaveTimer, critical
+from trainer.quoting import brief
 from trainer.report_worker import ReportWorker
 from trainer.storage import RunDir
 
 log = logging.getLogger(__name__)
 
-# Changing these between a run and its resume would make the checkpoint meaningless.
-RESUME_KEYS = ("data", "model", "image_size", "batch_size", "optimizer", "seed", "cpu_replicas")
+# What may differ when a run directory is run again: how long and how to run, not what is
+# trained. Any other key that differs from the checkpointed run's config.yaml is refused, so
+# config.yaml and report/ always describe the model that was trained.
+MAY_CHANGE_ON_RESUME = ("output", "epochs", "export", "promote_to", "keep_checkpoints", "cache",
+                        "steps_per_execution", "jit_compile", "max_bad_image_fraction",
+                        "max_image_pixels", "stream_window", "rendezvous_timeout_seconds",
+                        "collective_timeout_seconds", "export_epoch", "weights_mirror",
+                        "auto_reasons")
 
 
 def scratch_dir() -> Path:
     """Writable local space: $KUBETRAIN_SCRATCH (an emptyDir in the pod) or the temp dir."""
     root = Path(os.environ.get("KUBETRAIN_SCRATCH") or Path(tempfile.gettempdir()) / "kubetrain")
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=root, prefix=".write-probe-"):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"scratch directory {brief(str(root))} is not writable ({exc.strerror or exc}); "
+                          "set KUBETRAIN_SCRATCH to a writable directory (an emptyDir in the pod)") from None
     return root
 
 
 def _check_same_run(run_dir: RunDir, cfg: TrainConfig) -> None:
     """Refuse to resume a run directory that holds a run with an incompatible config."""
-    if not run_dir.pull("config.yaml"):
+    if not run_dir.pull("checkpoints/latest.json") or not run_dir.pull("config.yaml"):
         return
     try:
-        previous = yaml.safe_load((run_dir.local / "config.yaml").read_text()) or {}
-    except yaml.YAMLError:
-        return
-    changed = [k for k in RESUME_KEYS if k in previous and previous[k] != getattr(cfg, k)]
-    if changed and run_dir.pull("checkpoints/latest.json"):
-        diffs = ", ".join(f"{k}: {previous[k]!r} -> {getattr(cfg, k)!r}" for k in changed)
+        previous = yaml.safe_load((run_dir.local / "config.yaml").read_text())
+        if not isinstance(previous, dict):
+            raise TypeError("not a mapping")
+    except (yaml.YAMLError, TypeError, OSError, UnicodeDecodeError):
+        raise DataError(f"{run_dir.uri_of('config.yaml')} is unreadable but checkpoints/ exists: the "
+                        "checkpoint's config is unknown; use a new --output or delete the run "
+                        "directory to start over") from None
+    current = cfg.to_dict()
+    changed = [k for k in current if k not in MAY_CHANGE_ON_RESUME and k in previous
+               and previous[k] != current[k]]
+    if changed:
+        diffs = ", ".join(f"{k}: {brief(previous[k], 40)} -> {brief(current[k], 40)}" for k in changed)
         raise ConfigError(f"{cfg.output} holds a run with a different config ({diffs}); "
-                          "use a new --output or the same settings to resume")
+                          "use a new --output, or the same settings to resume")
 
 
 def _write_config(run_dir: RunDir, cfg: TrainConfig) -> None:
-    (run_dir.local / "config.yaml").write_text(cfg.to_yaml())
-    run_dir.push("config.yaml")
+    """Write config.yaml atomically (a torn file would make the run directory unresumable)."""
+    tmp = run_dir.local / ".config.yaml.tmp"
+    tmp.write_text(cfg.to_yaml())
+    with critical():
+        os.replace(tmp, run_dir.local / "config.yaml")
+        run_dir.push("config.yaml")
 
 
-def run(cfg: TrainConfig, stop) -> dict:
-    """Train, evaluate, report and export; returns the metrics. Raises TrainerError subclasses."""
+def run(cfg: TrainConfig, stop: PhasedStop) -> dict:
+    """Train, evaluate, report and export; returns the metrics. Raises TrainerError subclasses.
+
+    ``stop.enter(phase)`` marks each phase: a SIGTERM outside training stops the run at once.
+    """
     phases = Phases()
     cluster = multiworker.from_environment()
     chief = cluster is None or cluster.is_chief
@@ -94,6 +121,8 @@ def _run(cfg: TrainConfig, stop, phases: Phases, reports: ReportWorker) -> dict:
     scratch = scratch_dir()
     cluster = multiworker.from_environment()
     run_dir = multiworker.open_run_dir_for(cluster, cfg.output, scratch / "staging")
+    run_log = runlog.start(run_dir)
+    stop.enter("data loading")  # a bucket prefix is downloaded here too
     cfg = defaults.fit_to_source(cfg, scratch).config  # image size etc. from the images
     init_weights = weights.resolve(cfg, scratch)  # before config.yaml: it records their checksum
     if init_weights.path:
@@ -107,8 +136,6 @@ def _run(cfg: TrainConfig, stop, phases: Phases, reports: ReportWorker) -> dict:
         log.info("all %d epochs are trained: evaluating and reporting without the other workers", cfg.epochs)
         cluster = None
     restart = cluster is not None and run_dir.pull("config.yaml")
-    if cluster is None:
-        _write_config(run_dir, cfg)
 
     dataset = data_lib.open_dataset(cfg, scratch)
     phases.lap("data")
@@ -116,34 +143,40 @@ def _run(cfg: TrainConfig, stop, phases: Phases, reports: ReportWorker) -> dict:
     from trainer.devices import make_runtime
     from trainer.train import Trainer
 
+    stop.enter("model building")
     if restart:
         multiworker.settle()
     runtime = make_runtime(cfg, cache_dir=scratch / "cache", cluster=cluster)
-    if cluster is not None and runtime.is_chief:
-        _write_config(run_dir, cfg)
     trainer = Trainer(cfg, runtime, dataset, cache_dir=scratch / "cache", init_weights=init_weights)
     log.info("model %s: %d parameters; global batch %d (%d x %d replicas), %d steps per epoch",
              cfg.model, trainer.model.count_params(), trainer.global_batch, cfg.batch_size,
              runtime.replicas, trainer.steps_per_epoch)
     phases.lap("startup")
     checkpointer = Checkpointer(run_dir, trainer.model, trainer.optimizer, cfg.keep_checkpoints,
-                                is_chief=runtime.is_chief)
+                                is_chief=runtime.is_chief,
+                                meta={"class_names": list(dataset.class_names), "model": cfg.model})
+    save_timer = SaveTimer(checkpointer.save_seconds)
+    checkpointer.after_save += [save_timer.check, run_log.push]
+    checkpointer.restore()  # a checkpoint that does not restore fails here, before config.yaml
+    if runtime.is_chief:
+        _write_config(run_dir, cfg)
     observer = RunObserver(run_dir, epochs=cfg.epochs, steps_per_epoch=trainer.steps_per_epoch,
                            global_batch=trainer.global_batch, learning_rate=trainer._current_lr,
                            enabled=checkpointer.is_chief)
     with data_lib.stream_errors(dataset):
+        stop.enter("training", deferred=True)
         try:
             result = trainer.fit(checkpointer, stop, observer)
         except BaseException as exc:
             observer.stopped(exc)
             raise
         phases.lap("train")
+        stop.enter("evaluation")
         test = trainer.evaluate("test", collect=True)
     if not runtime.is_chief:
         log.info("worker %d done: test accuracy %.4f; worker 0 writes the report and model",
                  runtime.worker_index, test["accuracy"])
         return {"test_accuracy": test["accuracy"]}
-    test_accuracy = float((test["probs"].argmax(-1) == test["labels"]).mean())
     metrics_args = {
         "class_names": list(dataset.class_names),
         "y_true": test["labels"],
@@ -174,16 +207,18 @@ def _run(cfg: TrainConfig, stop, phases: Phases, reports: ReportWorker) -> dict:
             "wall_seconds": time.monotonic() - wall_start,
             "output": cfg.output,
             "cost": observer.cost(runtime.device_kind, runtime.replicas, result.train_seconds),
+            "checkpoint_seconds": save_timer.summary(),
+            "log": run_log.rel,
         },
     }
     decision = None
     if cfg.promote_to:
         from trainer import promote
 
+        stop.enter("promotion check")
         decision = promote.decide(
-            cfg.promote_to, scratch / "promote", test_accuracy, list(dataset.class_names),
-            cfg.image_size, lambda current: promote.accuracy_of(current, trainer.eval_batches("test")),
-        )
+            cfg, scratch / "promote", dataset, test["labels"], test["probs"].argmax(-1),
+            lambda current: promote.predictions_of(current, trainer.eval_batches("test")))
         metrics_args["extra"]["promotion"] = decision.to_dict()
         log.info("promotion to %s: %s (%s)", cfg.promote_to, "yes" if decision.promote else "no", decision.reason)
 
@@ -204,9 +239,11 @@ def _run(cfg: TrainConfig, stop, phases: Phases, reports: ReportWorker) -> dict:
         export_model(result.model, list(dataset.class_names), cfg.image_size, cfg.model, directory)
         save_backbone_weights(result.model, directory / "backbone.weights.h5")  # for weights: <file>
 
+    stop.enter("report")
     report_dir = run_dir.staging("report")
     drawing = reports.submit(report_dir, {"metrics": metrics_args, "report": report_args})
     if cfg.export:  # while the report is drawn in the worker process
+        stop.enter("export")
         model_dir = run_dir.staging("model")
         model_into(model_dir)
         phases.lap("export")
@@ -227,5 +264,7 @@ def _run(cfg: TrainConfig, stop, phases: Phases, reports: ReportWorker) -> dict:
     if decision is not None and decision.promote:
         from trainer import promote
 
-        promote.publish(cfg.promote_to, scratch / "promote", model_into, report_into)
+        stop.enter("promotion")
+        promote.publish(cfg.promote_to, scratch / "promote", model_into, report_into,
+                        promote.evaluation_record(cfg, dataset, decision))
     return metrics

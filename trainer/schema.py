@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from trainer.errors import ConfigError
+from trainer.quoting import brief
 
 _NO_DEFAULT = dataclasses.MISSING
 
@@ -48,7 +49,7 @@ def default_of(f: dataclasses.Field) -> Any:
 
 def did_you_mean(key: str, valid: list[str]) -> str:
     """``did you mean 'epochs'? valid keys: ...`` for an unknown ``key``."""
-    close = difflib.get_close_matches(key, valid, n=1)
+    close = difflib.get_close_matches(key[:100], valid, n=1)
     hint = f"did you mean {close[0]!r}? " if close else ""
     return f"{hint}valid keys: {', '.join(valid)}"
 
@@ -60,4 +61,4 @@ def check_keys(values: Mapping[str, Any], valid: Iterable[str], where: str = "",
     valid = list(valid)
     for key in values:
         if key not in valid:
-            raise error(f"unknown {what} {where + str(key)!r}; {did_you_mean(str(key), valid)}")
+            raise error(f"unknown {what} {brief(where + str(key))}; {did_you_mean(str(key), valid)}")

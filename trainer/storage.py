@@ -166,9 +166,12 @@ class RunDir:
         """
         target = self.local / rel
         old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
-        if target.exists():
-            os.replace(target, old)
-        os.replace(staging, target)
+        from trainer.preemption import critical
+
+        with critical():  # a SIGTERM between the two renames would leave no ``rel`` at all
+            if target.exists():
+                os.replace(target, old)
+            os.replace(staging, target)
         shutil.rmtree(old, ignore_errors=True)
 
     def uri_of(self, rel: str) -> str:

@@ -33,7 +33,7 @@ from trainer.best import BestWeights
 from trainer.checkpoint import Checkpointer, Position
 from trainer.config import TrainConfig
 from trainer.devices import Runtime
-from trainer.errors import PeerLost, Preempted
+from trainer.errors import Diverged, PeerLost, Preempted
 from trainer.evaluation import Evaluator, eval_global_batch, examples, padded_batches
 from trainer.models import build_model
 from trainer.pacing import MULTI_WORKER_STEPS, Pacer
@@ -275,8 +275,8 @@ class Trainer:
                 trained_images += chunk[2]
                 step += n
                 if not math.isfinite(chunk[0]):
-                    raise FloatingPointError(f"loss became {chunk[0]} in epoch {epoch + 1}, step {step}; "
-                                             "lower the learning rate")
+                    raise Diverged(f"loss became {chunk[0]} in epoch {epoch + 1}, step {step}; "
+                                   "lower the learning rate")
                 progress.update(epoch + 1, cfg.epochs, step, self.steps_per_epoch, totals[0] / max(1, totals[2]))
                 observer.chunk(epoch, step, n, chunk)
                 if self.rt.workers == 1:

@@ -16,9 +16,11 @@ REPO = Path(__file__).resolve().parents[2]
 FAST = ["--set", "image_size=16", "--set", "model=seed_cnn", "--set", "batch_size=32"]
 
 
-def run_trainer(args: list[str], tmp_path: Path, timeout: float = 300, **popen) -> subprocess.CompletedProcess:
+def run_trainer(args: list[str], tmp_path: Path, timeout: float = 300, env: dict | None = None,
+                **popen) -> subprocess.CompletedProcess:
     """``python -m trainer ARGS`` in a fresh process (fresh TensorFlow, real exit code)."""
-    env = {**os.environ, "KUBETRAIN_SCRATCH": str(tmp_path / "scratch"), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env = {**os.environ, "KUBETRAIN_SCRATCH": str(tmp_path / "scratch"), "TF_CPP_MIN_LOG_LEVEL": "2",
+           **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "trainer", *args], cwd=REPO, env=env, capture_output=True,
         text=True, timeout=timeout, check=False, **popen,

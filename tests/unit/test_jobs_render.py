@@ -20,7 +20,7 @@ import yaml
 from jobs import render
 from jobs.spec import load_spec, parse_spec, schedule_period_seconds
 from trainer.config import load_config
-from trainer.errors import EXIT_CONFIG, EXIT_DATA, EXIT_PEER_LOST, EXIT_PREEMPTED
+from trainer.errors import EXIT_CONFIG, EXIT_DATA, EXIT_DIVERGED, EXIT_PEER_LOST, EXIT_PREEMPTED
 
 REPO = Path(__file__).resolve().parents[2]
 GOLDEN = REPO / "tests" / "golden"
@@ -97,7 +97,7 @@ def test_pod_failure_policy_follows_the_trainer_exit_codes():
     fail = [r for r in rules if r["action"] == "FailJob"]
     ignore_codes = [r for r in rules if r["action"] == "Ignore" and "onExitCodes" in r]
     ignore_conditions = [r for r in rules if r["action"] == "Ignore" and "onPodConditions" in r]
-    assert fail[0]["onExitCodes"]["values"] == [EXIT_CONFIG, EXIT_DATA]
+    assert fail[0]["onExitCodes"]["values"] == [EXIT_CONFIG, EXIT_DATA, EXIT_DIVERGED]
     assert ignore_codes[0]["onExitCodes"]["values"] == [EXIT_PEER_LOST, EXIT_PREEMPTED]
     assert ignore_conditions[0]["onPodConditions"] == [{"type": "DisruptionTarget", "status": "True"}]
 

@@ -1,0 +1,158 @@
+"""SIGTERM in any phase of a run: stop promptly and leave a state the next pod resumes from.
+
+Kubernetes sends SIGTERM on preemption or eviction and SIGKILL after the pod's grace period
+(30 s on GKE Spot). What "stop" means depends on the phase:
+
+* training (``trainer/train.py``): the loop checks the request between calls into the graph,
+  saves a checkpoint at that step boundary and raises ``Preempted``;
+* every other phase (download, data loading, evaluation, report, export, promotion) has nothing
+  to save: the last checkpoint already holds all the training, ``report/`` and ``model/`` are
+  built aside and published whole. The signal handler raises ``Preempted`` at once, in the main
+  thread, wherever it is; the next pod redoes that phase.
+
+Short critical sections (writing a checkpoint marker or ``config.yaml``, swapping a published
+tree into place) run under ``critical()``: a SIGTERM arriving inside one is honoured when it
+ends, so no file is left half-written. A second SIGTERM exits at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Iterator
+
+from trainer.errors import EXIT_PREEMPTED, Preempted
+from trainer.train import StopRequest
+
+log = logging.getLogger(__name__)
+
+RESUME_HINT = "restart with the same --output to resume"
+
+
+class PhasedStop(StopRequest):
+    """A StopRequest that knows the run's phase and raises at once outside the training loop."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.phase = "start-up"
+        self.deferred = False  # True while the training loop polls the request itself
+        self._critical = 0
+
+    def enter(self, phase: str, *, deferred: bool = False) -> None:
+        """Mark the start of ``phase``; raise now if a SIGTERM is already pending."""
+        self.phase, self.deferred = phase, deferred
+        log.debug("phase: %s", phase)
+        if self and not deferred:
+            self.raise_now()
+        _inject_fault(phase)
+
+    def raise_now(self) -> None:
+        raise Preempted(f"{self.reason} during {self.phase}; nothing was lost: {RESUME_HINT}")
+
+    @contextlib.contextmanager
+    def critical(self) -> Iterator[None]:
+        self._critical += 1
+        try:
+            yield
+        finally:
+            self._critical -= 1
+        if self and not self._critical and not self.deferred:
+            self.raise_now()
+
+    def on_signal(self, signum: int) -> None:
+        name = signal.Signals(signum).name
+        if self:  # second signal: give up at once
+            sys.exit(EXIT_PREEMPTED)
+        self.set(f"stopped by {name}")
+        if self.deferred:
+            log.warning("%s received: saving a checkpoint at the next step boundary", name)
+        elif self._critical:
+            log.warning("%s received during %s: stopping after the current write", name, self.phase)
+        else:
+            log.warning("%s received during %s: stopping now", name, self.phase)
+            self.raise_now()
+
+
+_active: PhasedStop | None = None
+
+# Fault injection for tests: "PHASE" makes the process send itself a real SIGTERM as PHASE
+# starts (deterministic: the handler runs before the phase's first step); "PHASE@SECONDS" sends
+# it from a timer that many seconds into the phase. Every phase's handling is thereby tested
+# through the real signal and the real CLI.
+FAULT_ENV = "KUBETRAIN_TEST_SIGTERM_IN"
+
+
+def _inject_fault(phase: str) -> None:
+    import os
+    import threading
+
+    want, at, delay = os.environ.get(FAULT_ENV, "").partition("@")
+    if want != phase:
+        return
+    if not at:
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
+    timer = threading.Timer(float(delay), os.kill, (os.getpid(), signal.SIGTERM))
+    timer.daemon = True
+    timer.start()
+
+
+def install(stop: PhasedStop) -> None:
+    """Route SIGTERM to ``stop`` (main thread only; called by the entry point)."""
+    global _active
+    _active = stop
+    signal.signal(signal.SIGTERM, lambda signum, _frame: stop.on_signal(signum))
+
+
+@contextlib.contextmanager
+def critical() -> Iterator[None]:
+    """A short section a SIGTERM must not cut in half (a no-op when no handler is installed)."""
+    if _active is None:
+        yield
+        return
+    with _active.critical():
+        yield
+
+
+# -- how long a checkpoint takes vs the grace period -------------------------------------------
+
+GRACE_ENV = "KUBETRAIN_TERMINATION_GRACE_SECONDS"  # set by the launcher from the pod spec
+SPOT_GRACE_SECONDS = 30.0  # GKE Spot VMs: the preemption notice is 30 s
+
+
+def grace_seconds() -> float | None:
+    """The pod's termination grace period, when the launcher passed it in the environment."""
+    import os
+
+    try:
+        value = float(os.environ.get(GRACE_ENV, ""))
+    except ValueError:
+        return None
+    return value if value > 0 else None
+
+
+class SaveTimer:
+    """Watches checkpoint save times; warns once when a save would not fit the grace period."""
+
+    def __init__(self, seconds: list[float]):
+        self.seconds = seconds  # the Checkpointer's list, appended to at each save
+        self.grace = grace_seconds()
+        self._warned = False
+
+    def check(self) -> None:
+        if not self.seconds or self._warned:
+            return
+        last, grace = self.seconds[-1], self.grace or SPOT_GRACE_SECONDS
+        if last > grace:
+            self._warned = True
+            log.warning("saving a checkpoint took %.1fs, longer than the pod's %.0fs termination grace "
+                        "period%s: a preempted pod would be killed before its checkpoint is complete; "
+                        "raise terminationGracePeriodSeconds or save less often",
+                        last, grace, "" if self.grace else " (assumed: GKE Spot)")
+
+    def summary(self) -> dict:
+        s = self.seconds
+        return {"count": len(s), "last": s[-1] if s else None, "max": max(s) if s else None,
+                "mean": sum(s) / len(s) if s else None, "grace_period_seconds": self.grace}
