@@ -298,9 +298,10 @@ def _validate(cfg: TrainConfig) -> None:
         need(value is None or 0 <= value <= 0.5, f"config key 'augment.{name}': must be in [0, 0.5]")
 
 
-# Cloud Storage bucket names: 3-63 characters (up to 222 with dots, 63 per dot-separated part),
-# lowercase letters, digits, '-', '_' and '.', starting and ending with a letter or digit.
-_BUCKET = re.compile(r"[a-z0-9](?:[a-z0-9._-]{1,220})[a-z0-9]")
+# Cloud Storage bucket names: lowercase letters, digits, '-', '_' and '.', starting and ending
+# with a letter or digit, at most 63 characters (222 with dots, 63 per dot-separated part).
+# Cloud Storage also wants at least 3; not checked, so short emulator names keep working.
+_BUCKET = re.compile(r"[a-z0-9](?:[a-z0-9._-]{0,220}[a-z0-9])?")
 
 
 def _check_uri(key: str, uri: str) -> None:
@@ -315,8 +316,8 @@ def _check_uri(key: str, uri: str) -> None:
     parts_ok = all(0 < len(part) <= 63 for part in bucket.split("."))
     if not (_BUCKET.fullmatch(bucket) and parts_ok and (len(bucket) <= 63 or "." in bucket)):
         raise ConfigError(
-            f"config key {key!r}: {brief(bucket)} is not a valid bucket name (3-63 lowercase letters, "
-            "digits, '-', '_' or '.', starting and ending with a letter or digit)")
+            f"config key {key!r}: {brief(bucket)} is not a valid bucket name (up to 63 lowercase "
+            "letters, digits, '-', '_' or '.', starting and ending with a letter or digit)")
 
 
 def _inside(inner: str, outer: str) -> bool:
