@@ -16,15 +16,17 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
 
+from trainer.quoting import brief
+
 Check = Callable[[Any, str], Any]
 
 # The macros Kubernetes' CronJob accepts besides the 5-field syntax (@reboot is not one).
 CRON_MACROS = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?\Z")
 _LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
-                        r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
-_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
-_QUANTITY = re.compile(r"^([0-9]+(\.[0-9]+)?|\.[0-9]+)(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
+                        r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?\Z")
+_LABEL_VALUE = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?\Z")
+_QUANTITY = re.compile(r"([0-9]+(\.[0-9]+)?|\.[0-9]+)(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?\Z")
 _SUFFIX = {"": 1, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
            "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
 
@@ -35,7 +37,7 @@ class SpecError(Exception):
 
 def string(raw: Any, key: str) -> str | None:
     if raw is not None and not isinstance(raw, str):
-        raise SpecError(f"key {key!r}: expected a string, got {raw!r}")
+        raise SpecError(f"key {brief(key)}: expected a string, got {brief(raw)}")
     return raw
 
 
@@ -53,7 +55,7 @@ def choice(choices: tuple[str, ...], allow_empty: bool = False) -> Check:
     def check(raw: Any, key: str) -> str | None:
         value = string(raw, key)
         if (value and value not in choices) or (value == "" and not allow_empty):
-            raise SpecError(f"key {key!r}: {value!r} is not one of: {', '.join(choices)}")
+            raise SpecError(f"key {brief(key)}: {brief(value)} is not one of: {', '.join(choices)}")
         return value
 
     return check
@@ -61,9 +63,9 @@ def choice(choices: tuple[str, ...], allow_empty: bool = False) -> Check:
 
 def whole_number(raw: Any, key: str) -> int:
     if isinstance(raw, bool) or not isinstance(raw, int):
-        raise SpecError(f"key {key!r}: expected a whole number, got {raw!r}")
+        raise SpecError(f"key {brief(key)}: expected a whole number, got {brief(raw)}")
     if raw < 0:
-        raise SpecError(f"key {key!r}: must be >= 0, got {raw}")
+        raise SpecError(f"key {brief(key)}: must be >= 0, got {raw}")
     return raw
 
 
@@ -76,7 +78,7 @@ def parse_quantity(value: Any, key: str) -> float:
     text = str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
     match = _QUANTITY.match(text) if isinstance(text, str) else None
     if match is None:
-        raise SpecError(f"key {key!r}: {value!r} is not a Kubernetes quantity (e.g. 4, 500m, 16Gi)")
+        raise SpecError(f"key {brief(key)}: {brief(value)} is not a Kubernetes quantity (e.g. 4, 500m, 16Gi)")
     number = float(text[: match.start(3)] if match.group(3) else text)
     return number * _SUFFIX[match.group(3) or ""]
 
@@ -84,13 +86,13 @@ def parse_quantity(value: Any, key: str) -> float:
 def quantity(raw: Any, key: str) -> str:
     """A positive Kubernetes quantity, kept as written."""
     if parse_quantity(raw, key) <= 0:
-        raise SpecError(f"key {key!r}: must be > 0, got {raw!r}")
+        raise SpecError(f"key {brief(key)}: must be > 0, got {brief(raw)}")
     return str(raw)
 
 
 def dns_label(value: str, key: str, max_len: int = 63) -> str:
     if not _DNS_LABEL.match(value) or len(value) > max_len:
-        raise SpecError(f"key {key!r}: {value!r} must be at most {max_len} lowercase letters, "
+        raise SpecError(f"key {brief(key)}: {brief(value)} must be at most {max_len} lowercase letters, "
                         "digits or '-', starting and ending with a letter or digit")
     return value
 
@@ -106,7 +108,7 @@ def dns_name(max_len: int, allow_empty: bool = True) -> Check:
 
 def mapping(raw: Any, key: str) -> dict | None:
     if raw is not None and not isinstance(raw, Mapping):
-        raise SpecError(f"key {key!r}: expected a mapping, got {raw!r}")
+        raise SpecError(f"key {brief(key)}: expected a mapping, got {brief(raw)}")
     return None if raw is None else dict(raw)
 
 
@@ -115,9 +117,9 @@ def labels(raw: Any, key: str) -> dict[str, str]:
     out = {}
     for k, v in (mapping(raw, key) or {}).items():
         if not isinstance(k, str) or not _LABEL_KEY.match(k):
-            raise SpecError(f"key {key!r}: {k!r} is not a valid label key")
+            raise SpecError(f"key {brief(key)}: {brief(k)} is not a valid label key")
         if isinstance(v, bool) or not isinstance(v, (str, int, float)) or not _LABEL_VALUE.match(str(v)):
-            raise SpecError(f"key {key + '.' + k!r}: {v!r} is not a valid label value (quote it)")
+            raise SpecError(f"key {brief(key + '.' + k)}: {brief(v)} is not a valid label value (quote it)")
         out[k] = str(v)
     return out
 
@@ -140,24 +142,24 @@ def validate_schedule(schedule: str) -> str:
     text = " ".join(schedule.split())
     if text.startswith("@"):
         if text not in CRON_MACROS:
-            raise SpecError(f"key 'schedule': {schedule!r} is not a cron macro Kubernetes accepts; "
+            raise SpecError(f"key 'schedule': {brief(schedule)} is not a cron macro Kubernetes accepts; "
                             f"use 5 fields or one of: {', '.join(CRON_MACROS)}")
         return text
     if re.match(r"^(CRON_)?TZ=", text):
         raise SpecError("key 'schedule': put the time zone in 'time_zone', not in the schedule")
     if len(text.split(" ")) != 5 or not croniter.is_valid(text):
-        raise SpecError(f"key 'schedule': {schedule!r} is not a valid cron expression "
+        raise SpecError(f"key 'schedule': {brief(schedule)} is not a valid cron expression "
                         "(5 fields: minute hour day-of-month month day-of-week, e.g. '0 3 * * *')")
     return text
 
 
 def validate_time_zone(name: str) -> str:
     if not name or name == "Local" or name.startswith(("/", ".")) or " " in name:
-        raise SpecError(f"key 'time_zone': {name!r} is not an IANA time zone (e.g. Europe/Berlin, Etc/UTC)")
+        raise SpecError(f"key 'time_zone': {brief(name)} is not an IANA time zone (e.g. Europe/Berlin, Etc/UTC)")
     try:
         ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
-        raise SpecError(f"key 'time_zone': unknown time zone {name!r} "
+        raise SpecError(f"key 'time_zone': unknown time zone {brief(name)} "
                         "(use an IANA name such as Europe/Berlin or Etc/UTC)") from None
     return name
 

@@ -16,6 +16,7 @@ from dataclasses import fields
 from jobs import output
 from jobs.durations import duration
 from jobs.spec import JobSpec, SpecError, load_spec
+from jobs.spec import warnings as spec_warnings
 from trainer.config import parse_overrides
 from trainer.errors import EXIT_CONFIG, EXIT_INTERRUPTED, EXIT_OK, EXIT_UNEXPECTED, ConfigError
 
@@ -180,10 +181,18 @@ def _print_objects(objects: list[dict], fmt: str) -> None:
         sys.stdout.write(output.dump(data, fmt))
 
 
+def _warn(spec: JobSpec) -> None:
+    """Legal but risky spec settings: one ``warning:`` line each on stderr."""
+    for line in spec_warnings(spec):
+        print(f"warning: {line}", file=sys.stderr)
+
+
 def _render(args: argparse.Namespace) -> int:
     from jobs.render import render, to_yaml
 
-    manifests = render(_spec(args), getattr(args, "namespace", ""))
+    spec = _spec(args)
+    _warn(spec)
+    manifests = render(spec, getattr(args, "namespace", ""))
     if args.output == "yaml":
         sys.stdout.write(to_yaml(manifests))
     elif args.output == "wide":
@@ -287,6 +296,8 @@ def _run(args: argparse.Namespace) -> int:
     from jobs.cluster import connect
 
     spec = _spec(args) if args.command == "submit" else None
+    if spec is not None:
+        _warn(spec)
     if spec is not None and args.dry_run == "client":
         from jobs.render import render, to_yaml
 
@@ -353,12 +364,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    from jobs.cluster import ClusterError
+    from jobs.cluster import ClusterError, KubeconfigError
     from trainer.errors import TrainerError
 
     try:
         return _run(args)
-    except (SpecError, UsageError) as exc:
+    except (SpecError, UsageError, KubeconfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except ClusterError as exc:

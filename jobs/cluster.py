@@ -22,6 +22,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import yaml
+
 log = logging.getLogger(__name__)
 
 IN_CLUSTER_NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
@@ -31,6 +33,10 @@ FIELD_MANAGER = "kubetrain"  # server-side apply: the owner of the fields submit
 
 class ClusterError(Exception):
     """The API call failed; the message says what to do."""
+
+
+class KubeconfigError(ClusterError):
+    """The kubeconfig (or in-cluster config) cannot be loaded: a usage error, exit 2."""
 
 
 class NotFound(ClusterError):
@@ -263,10 +269,13 @@ def connect(kubeconfig: str | None = None, context: str | None = None) -> Cluste
                 contexts, _ = config.list_kube_config_contexts(config_file=kubeconfig)
                 active = next((c for c in contexts if c["name"] == context), active)
             namespace = (active or {}).get("context", {}).get("namespace") or "default"
-    except (ConfigException, OSError, TypeError, ValueError) as exc:
+    except (ConfigException, OSError, TypeError, ValueError, AttributeError, KeyError,
+            yaml.YAMLError) as exc:
         source = "in-cluster config" if in_cluster else (kubeconfig or os.environ.get("KUBECONFIG")
                                                            or "~/.kube/config")
-        raise ClusterError(f"cannot load the Kubernetes config from {source}: {exc}") from None
+        detail = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise KubeconfigError(f"cannot load the Kubernetes config from {source}: {detail}; check "
+                              "--kubeconfig/$KUBECONFIG and --context (kubectl config view)") from None
     host = api.configuration.host
     log.debug("connected to %s (namespace %s)", host, namespace)
     return Cluster(core=client.CoreV1Api(api), batch=client.BatchV1Api(api),

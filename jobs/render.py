@@ -110,6 +110,9 @@ def _env(spec: JobSpec) -> list[dict]:
         {"name": "TMPDIR", "value": SCRATCH_DIR},
         {"name": "MPLCONFIGDIR", "value": f"{SCRATCH_DIR}/.matplotlib"},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
+        # The trainer warns when a checkpoint takes longer than this (trainer/preemption.py).
+        {"name": "KUBETRAIN_TERMINATION_GRACE_SECONDS",
+         "value": str(spec.termination_grace_period_seconds)},
     ]
     if spec.scheduled:
         env.append({"name": "KUBETRAIN_JOB_NAME",
@@ -118,6 +121,8 @@ def _env(spec: JobSpec) -> list[dict]:
         env.append({"name": "GOOGLE_APPLICATION_CREDENTIALS",
                     "value": f"{CREDENTIALS_DIR}/{spec.storage.secret_key}"})
     env.extend({"name": k, "value": v} for k, v in sorted(spec.env.items()))
+    env.extend({"name": k, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+               for k, (secret, key) in sorted(spec.env_from_secret.items()))
     return env
 
 

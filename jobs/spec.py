@@ -28,6 +28,7 @@ from jobs import checks
 from jobs.checks import SpecError, dns_label, parse_quantity, schedule_period_seconds
 from trainer.config import TrainConfig, load_config, merge_values, read_yaml
 from trainer.errors import ConfigError
+from trainer.quoting import brief
 from trainer.schema import check_keys, default_of, doc_field, has_default
 
 __all__ = ["JobSpec", "SpecError", "StorageSpec", "Toleration", "config_map_name", "key_docs",
@@ -48,7 +49,12 @@ MAX_JOB_NAME = 63  # a Job's name becomes the value of its pods' job-name label
 MAX_CRONJOB_NAME = 52  # the CronJob controller appends an 11-character suffix to its Jobs
 MAX_WORKERS = 256  # TensorFlow's collectives, not Kubernetes, set the practical limit
 MIN_MEMORY_BYTES = 2**27  # less is a forgotten suffix ("8" instead of "8Gi")
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Env names that look like credentials: their values would sit in the manifest (readable by
+# anyone who can read the Job) and in the CronJob's history; they come from a Secret instead.
+_CREDENTIAL_NAME = re.compile(r".*(_KEY|_KEY_ID|SECRET|TOKEN|PASSWORD|PASSWD|PASSPHRASE|CREDENTIAL|"
+                              r"API_?KEY).*", re.IGNORECASE)
+MIN_GRACE_SECONDS = 30  # GKE Spot's preemption notice: less cannot hold a checkpoint upload
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 DAY_SECONDS = 24 * 3600
 
@@ -67,16 +73,24 @@ def _image(raw: Any, key: str) -> str | None:
         return None
     unpinned = image.endswith(":latest") or ":" not in image.rsplit("/", 1)[-1]
     if any(c.isspace() for c in image) or (unpinned and "@sha256:" not in image):
-        raise SpecError(f"key {key!r}: {image!r} must be pinned to a tag (not :latest) or a digest")
+        raise SpecError(f"key {brief(key)}: {brief(image)} must be pinned to a tag (not :latest) or a digest")
     return image
 
 
 def _train(raw: Any, key: str) -> TrainConfig | None:
     values = checks.mapping(raw, key)
     try:
-        return None if values is None else load_config(values)
+        cfg = None if values is None else load_config(values)
     except ConfigError as exc:
         raise SpecError(f"{key}: {exc}") from None
+    for name in ("data", "output"):
+        value = getattr(cfg, name, "")
+        # They become the container's arguments: a leading '-' would be read as a flag, and the
+        # kubelet expands $(VAR) in arguments.
+        if value.startswith("-") or "$(" in value:
+            raise SpecError(f"key '{key}.{name}': {brief(value)} may not start with '-' or "
+                            "contain '$(' (it becomes a container argument)")
+    return cfg
 
 
 def _workers(raw: Any, key: str) -> int:
@@ -89,7 +103,7 @@ def _workers(raw: Any, key: str) -> int:
 def _memory(raw: Any, key: str) -> str:
     memory = checks.quantity(raw, key)
     if parse_quantity(memory, key) < MIN_MEMORY_BYTES:
-        raise SpecError(f"key {key!r}: {memory!r} is too small; use a suffix, e.g. 8Gi")
+        raise SpecError(f"key {brief(key)}: {brief(memory)} is too small; use a suffix, e.g. 8Gi")
     return memory
 
 
@@ -101,13 +115,34 @@ def _env(raw: Any, key: str) -> dict[str, str]:
     out = {}
     for name, value in (checks.mapping(raw, key) or {}).items():
         if not isinstance(name, str) or not _ENV_NAME.match(name):
-            raise SpecError(f"key {key!r}: {name!r} is not a valid environment variable name")
+            raise SpecError(f"key {brief(key)}: {brief(name)} is not a valid environment variable name")
         if name in RESERVED_ENV or name.startswith(RESERVED_ENV_PREFIX):
             raise SpecError(f"key '{key}.{name}': set by kubetrain itself; "
                             f"reserved: {', '.join(RESERVED_ENV)}, {RESERVED_ENV_PREFIX}*")
+        if _CREDENTIAL_NAME.fullmatch(name) and name != "STORAGE_EMULATOR_HOST":
+            raise SpecError(
+                f"key '{key}.{name}': looks like a credential; a value here would be written into "
+                f"the manifest: put it in a Secret and use env_from_secret: {{{name}: SECRET/KEY}}")
         if isinstance(value, (dict, list)) or value is None:
-            raise SpecError(f"key '{key}.{name}': expected a string, got {value!r}")
+            raise SpecError(f"key '{key}.{name}': expected a string, got {brief(value)}")
         out[name] = value if isinstance(value, str) else yaml.safe_dump(value).strip().removesuffix("...").strip()
+    return out
+
+
+def _env_from_secret(raw: Any, key: str) -> dict[str, tuple[str, str]]:
+    """``{NAME: "secret-name/key"}``: env variables filled from Secrets by the kubelet."""
+    out = {}
+    for name, ref in (checks.mapping(raw, key) or {}).items():
+        if not isinstance(name, str) or not _ENV_NAME.match(name):
+            raise SpecError(f"key {brief(key)}: {brief(name)} is not a valid environment variable name")
+        if name in RESERVED_ENV or name.startswith(RESERVED_ENV_PREFIX):
+            raise SpecError(f"key '{key}.{name}': set by kubetrain itself")
+        secret, sep, secret_key = ref.partition("/") if isinstance(ref, str) else ("", "", "")
+        if not sep or not re.fullmatch(r"[-._A-Za-z0-9]+", secret_key):
+            raise SpecError(f"key '{key}.{name}': expected SECRET/KEY (a Secret's name and a key "
+                            f"in it), got {brief(ref)}")
+        dns_label(secret, f"{key}.{name}", 253)
+        out[name] = (secret, secret_key)
     return out
 
 
@@ -115,14 +150,14 @@ def _tolerations(raw: Any, key: str) -> tuple[Toleration, ...]:
     if raw is None:
         return ()
     if not isinstance(raw, list):
-        raise SpecError(f"key {key!r}: expected a list, got {raw!r}")
+        raise SpecError(f"key {brief(key)}: expected a list, got {brief(raw)}")
     return tuple(_toleration(item, f"{key}[{i}]") for i, item in enumerate(raw))
 
 
 def _toleration(item: Any, where: str) -> Toleration:
     if not isinstance(item, Mapping):
         valid = ", ".join(f.name for f in fields(Toleration))
-        raise SpecError(f"key {where!r}: expected a mapping with keys {valid}")
+        raise SpecError(f"key {brief(where)}: expected a mapping with keys {valid}")
     tol = _build(Toleration, item, where + ".")
     if tol.operator == "Exists" and tol.value:
         raise SpecError(f"key '{where}.value': must be empty when operator is Exists")
@@ -141,13 +176,13 @@ def _storage(raw: Any, key: str) -> StorageSpec | None:
     if storage.credentials != "secret":
         if storage.secret:
             raise SpecError(f"key '{key}.secret': only used with credentials=secret "
-                            f"(it is {storage.credentials!r})")
+                            f"(it is {brief(storage.credentials)})")
         return storage
     if not storage.secret:
         raise SpecError(f"key '{key}.secret': credentials=secret needs the Secret's name")
     dns_label(storage.secret, f"{key}.secret", 253)
-    if not re.match(r"^[-._A-Za-z0-9]+$", storage.secret_key):
-        raise SpecError(f"key '{key}.secret_key': {storage.secret_key!r} is not a valid Secret key")
+    if not re.fullmatch(r"[-._A-Za-z0-9]+", storage.secret_key):
+        raise SpecError(f"key '{key}.secret_key': {brief(storage.secret_key)} is not a valid Secret key")
     return storage
 
 
@@ -250,7 +285,11 @@ class JobSpec:
     storage: StorageSpec = doc_field(
         StorageSpec, "object-storage credentials: credentials, secret, secret_key", check=_storage)
     env: dict = doc_field(
-        dict, "extra environment variables, e.g. STORAGE_EMULATOR_HOST", check=_env)
+        dict, "extra environment variables, e.g. STORAGE_EMULATOR_HOST (no credentials: names "
+        "like *_KEY, *SECRET*, *TOKEN*, *PASSWORD* are refused)", check=_env)
+    env_from_secret: dict = doc_field(
+        dict, "environment variables read from Secrets: NAME: SECRET/KEY (nothing secret in the "
+        "manifest)", check=_env_from_secret)
 
     @property
     def scheduled(self) -> bool:
@@ -278,7 +317,7 @@ def _build(cls: type, values: Mapping[str, Any], where: str = "") -> Any:
         key = where + f.name
         value = f.metadata["check"](values[f.name], key) if f.name in values else None
         if value is None and not has_default(f):
-            raise SpecError(f"missing required key {key!r} ({f.metadata['help']})")
+            raise SpecError(f"missing required key {brief(key)} ({f.metadata['help']})")
         kwargs[f.name] = default_of(f) if value is None else value
     return cls(**kwargs)
 
@@ -295,7 +334,7 @@ def _cross_checks(spec: JobSpec, given: set[str]) -> JobSpec:
     if not spec.schedule:
         for key in SCHEDULE_ONLY:
             if key in given:
-                raise SpecError(f"key {key!r}: only used with a 'schedule'")
+                raise SpecError(f"key {brief(key)}: only used with a 'schedule'")
         return dataclasses.replace(spec, active_deadline_seconds=spec.active_deadline_seconds or DAY_SECONDS)
     dns_label(spec.name, "name", MAX_CRONJOB_NAME)
     period = schedule_period_seconds(spec.schedule, spec.time_zone)
@@ -325,6 +364,16 @@ def _check_multi_worker(spec: JobSpec) -> None:
     if spec.train.cpu_replicas > 1 or spec.train.strategy == "one_device":
         raise SpecError("train: with workers > 1 every GPU of each pod is a replica (one CPU device "
                         "without GPUs): leave strategy at auto/mirrored and cpu_replicas at 0 or 1")
+
+
+def warnings(spec: JobSpec) -> list[str]:
+    """Legal but risky settings, printed by ``render`` and ``submit`` (one line each)."""
+    out = []
+    if spec.termination_grace_period_seconds < MIN_GRACE_SECONDS:
+        out.append(f"termination_grace_period_seconds is {spec.termination_grace_period_seconds}: "
+                   f"under {MIN_GRACE_SECONDS} s (GKE Spot's notice) a preempted pod may be killed "
+                   "before its checkpoint is uploaded")
+    return out
 
 
 def parse_spec(values: Mapping[str, Any], source: str = "spec",

@@ -76,7 +76,7 @@ PERMISSION_HINT = (
     "grant the service account roles/storage.objectViewer on the dataset bucket and "
     "roles/storage.objectAdmin on the output bucket (see docs/storage.md)"
 )
-_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")
+_BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]\Z")
 _T = TypeVar("_T")
 
 
