@@ -54,6 +54,7 @@ from google.cloud.storage.retry import DEFAULT_RETRY
 from requests.adapters import HTTPAdapter
 
 from trainer.errors import ConfigError, DataError, StorageError, TrainerError
+from trainer.quoting import brief
 from trainer.storage import GCS_SCHEME, RunDir
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,7 @@ PERMISSION_HINT = (
     "grant the service account roles/storage.objectViewer on the dataset bucket and "
     "roles/storage.objectAdmin on the output bucket (see docs/storage.md)"
 )
+NAME_MAX_BYTES = 255  # longest file name (one path segment) Linux filesystems store
 _BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]\Z")
 _T = TypeVar("_T")
 
@@ -386,6 +388,13 @@ def _validated(blobs: list[storage.Blob], list_prefix: str, uri: str) -> dict[st
             f"refusing to download {uri}: object name {name!r} {reason}{more}; object names must be "
             "relative paths without '.', '..' or empty segments"
         )
+    too_long = sorted(b.name for rel, b in wanted.items()
+                      if any(len(part.encode()) > NAME_MAX_BYTES for part in rel.split("/")))
+    if too_long:
+        more = f" (and {len(too_long) - 1} more)" if len(too_long) > 1 else ""
+        raise DataError(
+            f"refusing to download {uri}: object name {brief(too_long[0])}{more} has a path segment "
+            f"longer than {NAME_MAX_BYTES} bytes, which no local filesystem can store; rename it")
     dirs = {str(parent) for rel in wanted for parent in PurePosixPath(rel).parents}
     clash = sorted(rel for rel in wanted if rel in dirs)
     if clash:
@@ -671,7 +680,14 @@ class GCSRunDir(RunDir):
                 manifest_name = self._name(f"{STAGING}/{token}/manifest.json")
                 manifest = next((b for b in blobs if b.name == manifest_name), None)
                 if manifest is not None:
-                    data = json.loads(manifest.download_as_bytes(retry=RETRY))
+                    try:
+                        data = json.loads(manifest.download_as_bytes(retry=RETRY))
+                        data["rel"], data["files"]
+                    except (ValueError, KeyError, TypeError):
+                        where = self.uri_of(f"{STAGING}/{token}") + "/"
+                        raise DataError(
+                            f"staging manifest {where}manifest.json is corrupt (an interrupted "
+                            f"publish): delete {where} and run again") from None
                     log.warning("finishing the interrupted publish of %s", self.uri_of(data["rel"]))
                     self._commit(token, data)
                 else:
