@@ -103,6 +103,9 @@ class TrainConfig:
     fine_tune_lr_scale: float = _f(0.1, "fine-tuning learning rate = learning_rate x this")
     export: bool = _f(True, "export the trained model under <output>/model/")
     promote_to: str = _f("", "copy model/ and report/ here only if better than the model already there")
+    promotion_alpha: float = _f(0.05, "promote_to: promote only when McNemar's test on images neither "
+                                "model trained on gives p below this")
+    promotion_max_recall_drop: float = _f(0.05, "promote_to: no class's recall may drop by more than this")
     auto_reasons: dict[str, str] = _f(dict, "written by the trainer: how each value left at auto was chosen")  # noqa: RUF009
 
     @property
@@ -259,6 +262,8 @@ def _validate(cfg: TrainConfig) -> None:
          f"output {brief(cfg.output)} is the dataset {brief(cfg.data)} or inside it: the run would "
          "write into the dataset and every later run would train on its outputs; use another --output")
     need(cfg.max_image_pixels >= 1, "config key 'max_image_pixels': must be >= 1")
+    need(0 < cfg.promotion_alpha < 1, "config key 'promotion_alpha': must be in (0, 1)")
+    need(0 <= cfg.promotion_max_recall_drop <= 1, "config key 'promotion_max_recall_drop': must be in [0, 1]")
     need(cfg.image_size >= 16 or cfg.image_size == 0,
          f"config key 'image_size': {cfg.image_size} is too small (minimum 16)")
     need(cfg.image_size <= 1024, f"config key 'image_size': {cfg.image_size} is too large (maximum 1024)")

@@ -44,6 +44,7 @@ class Split:
     images: np.ndarray | None = None  # uint8 [N, S, S, 3]
     paths: tuple[str, ...] | None = None
     stream: object | None = None  # a trainer.packed.PackedSource
+    keys: tuple[str, ...] | None = None  # each image's path relative to the dataset root (promotion)
 
     def __len__(self) -> int:
         return len(self.stream) if self.stream is not None else int(self.labels.shape[0])
@@ -58,6 +59,7 @@ class Dataset:
     description: str
     skipped_images: int = 0
     uri: str = ""
+    split_rule: dict | None = None  # how files were assigned to splits (see ``split_rule``)
 
     @property
     def num_classes(self) -> int:
@@ -169,6 +171,38 @@ def assign_splits(
             if len(val):
                 out[val[np.argmin(pos[val])]] = "test"
     return out
+
+
+SPLIT_SCHEME = "blake2b-position-v1"  # split_position + assign_splits; bump if either changes
+
+
+def split_rule(cfg: TrainConfig, *, have_val: bool, have_test: bool) -> dict:
+    """How this run assigned files to splits, stored with a promoted model so that a later run
+    can tell which of its images that model never trained on (``trainer/promote.py``)."""
+    return {"scheme": SPLIT_SCHEME, "seed": cfg.seed, "test_fraction": cfg.test_fraction,
+            "val_fraction": cfg.val_fraction, "val_folder": have_val, "test_folder": have_test}
+
+
+def never_trained_on(key: str, rule: dict) -> bool | None:
+    """Whether a run with split ``rule`` kept the image ``key`` (path relative to the dataset
+    root) out of training and validation; None when the rule's scheme is unknown.
+
+    Exact for files in split folders and for carved files, except the rare per-class fix-ups
+    of ``assign_splits`` (a class with no train or no test file), which a caller can settle
+    with the stored list of that run's test keys.
+    """
+    if rule.get("scheme") != SPLIT_SCHEME:
+        return None
+    top, _, rest = key.partition("/")
+    if top == "test" and rule["test_folder"]:
+        return True
+    if top == "val" and rule["val_folder"]:
+        return False
+    if top == "train" and (rule["test_folder"] or rule["val_folder"]):
+        key = rest  # carved from train/: positions are relative to the training root
+    if rule["test_folder"]:
+        return False  # with a test/ folder nothing was carved into test
+    return split_position(key, rule["seed"]) < rule["test_fraction"]
 
 
 def _carve(
@@ -309,12 +343,12 @@ def _decode_one(path: Path, size: int, max_pixels: int, skips: _Skips) -> np.nda
 
 
 def _decode_all(files: list[Path], labels: np.ndarray, size: int, max_pixels: int,
-                skips: _Skips) -> tuple[np.ndarray, np.ndarray, int]:
-    """Decode in a thread pool (PIL releases the GIL); returns images, labels, number skipped."""
+                skips: _Skips) -> tuple[np.ndarray, list[int]]:
+    """Decode in a thread pool (PIL releases the GIL); returns images and the indices kept."""
     decoded = _parallel_map(lambda p: _decode_one(p, size, max_pixels, skips), files)
     ok = [i for i, img in enumerate(decoded) if img is not None]
     images = np.stack([decoded[i] for i in ok]) if ok else np.zeros((0, size, size, 3), np.uint8)
-    return images, labels[ok], len(files) - len(ok)
+    return images, ok
 
 
 def _verify_one(path: Path, max_pixels: int, skips: _Skips) -> bool:
@@ -332,12 +366,11 @@ def _verify_one(path: Path, max_pixels: int, skips: _Skips) -> bool:
         return False
 
 
-def _verify_all(files: list[Path], labels: np.ndarray, max_pixels: int,
-                skips: _Skips) -> tuple[list[Path], np.ndarray, int]:
-    """Check every file's header and structure without a full decode (the streaming path)."""
+def _verify_all(files: list[Path], max_pixels: int, skips: _Skips) -> list[int]:
+    """Check every file's header and structure without a full decode (the streaming path);
+    returns the indices of the good ones."""
     good = _parallel_map(lambda p: _verify_one(p, max_pixels, skips), files)
-    ok = [i for i, g in enumerate(good) if g]
-    return [files[i] for i in ok], labels[ok], len(files) - len(ok)
+    return [i for i, g in enumerate(good) if g]
 
 
 CGROUP_LIMIT_FILES = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
@@ -395,13 +428,13 @@ def load_directory(root: Path, cfg: TrainConfig) -> Dataset:
     skips = _Skips()
     for split, (files, labels) in found.items():
         if in_memory:
-            images, labels_ok, bad = _decode_all(files, labels, size, cfg.max_image_pixels, skips)
-            skipped += bad
-            splits[split] = Split(labels=labels_ok, images=images)
+            images, ok = _decode_all(files, labels, size, cfg.max_image_pixels, skips)
         else:
-            files_ok, labels_ok, bad = _verify_all(files, labels, cfg.max_image_pixels, skips)
-            skipped += bad
-            splits[split] = Split(labels=labels_ok, paths=tuple(str(p) for p in files_ok))
+            images, ok = None, _verify_all(files, cfg.max_image_pixels, skips)
+        skipped += len(files) - len(ok)
+        splits[split] = Split(labels=labels[ok], images=images,
+                              paths=None if in_memory else tuple(str(files[i]) for i in ok),
+                              keys=tuple(files[i].relative_to(root).as_posix() for i in ok))
     if skipped:
         log.warning("skipped %d unreadable image(s) of %d: %s", skipped, total_files, skips.summary())
     _check_bad(skipped, total_files, cfg, str(root), skips.summary())
@@ -415,7 +448,11 @@ def load_directory(root: Path, cfg: TrainConfig) -> Dataset:
     layout = "train/val/test folders" if (root / "train").is_dir() else "class folders"
     desc = (f"{root} ({layout}, {len(class_names)} classes, "
             f"{'decoded in memory' if in_memory else 'streamed from disk'})")
-    return Dataset(class_names, splits["train"], splits["val"], splits["test"], desc, skipped)
+    folders = (root / "train").is_dir()  # as discover() decides
+    rule = split_rule(cfg, have_val=folders and (root / "val").is_dir(),
+                      have_test=folders and (root / "test").is_dir())
+    return Dataset(class_names, splits["train"], splits["val"], splits["test"], desc, skipped,
+                   split_rule=rule)
 
 
 def load_builtin(name: str, cfg: TrainConfig) -> Dataset:
@@ -425,9 +462,11 @@ def load_builtin(name: str, cfg: TrainConfig) -> Dataset:
     images = _resize_gray(raw, cfg.image_size)
     keys = [f"{class_names[label]}/{i:05d}.png" for i, label in enumerate(labels)]  # as exported
     idx = _carve(keys, labels, cfg, have_val=False, have_test=False)
-    split = {k: Split(labels=labels[v], images=images[v]) for k, v in idx.items()}
+    split = {k: Split(labels=labels[v], images=images[v], keys=tuple(keys[i] for i in v))
+             for k, v in idx.items()}
     desc = f"builtin:digits (scikit-learn, {len(labels)} images 8x8 upscaled to {cfg.image_size})"
-    return Dataset(class_names, split["train"], split["val"], split["test"], desc)
+    return Dataset(class_names, split["train"], split["val"], split["test"], desc,
+                   split_rule=split_rule(cfg, have_val=False, have_test=False))
 
 
 def load_dataset(cfg: TrainConfig, local_root: Path | None) -> Dataset:

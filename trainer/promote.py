@@ -1,18 +1,36 @@
-"""Promotion: copy a run's model and report to a serving location only if it is better.
+"""Promotion: publish a run's model and report to a serving location only if it is better.
 
-Nightly retraining picks up new data; the model it serves must never get worse. With
-``promote_to: URI`` the run evaluates the model currently at ``URI/model/`` on *this run's*
-test split (same images, same labels: a fair comparison even when the data changed) and
-publishes the new model and report there only when the new test accuracy is strictly higher.
-A current model with other classes or another input size cannot be compared and is left in
-place. The decision is recorded in ``report/metrics.json`` under ``promotion``.
+Nightly retraining picks up new data; the model it serves must never get worse, and a better
+one must not be held back by an unfair comparison. With ``promote_to: URI`` the run compares
+its model (the challenger) with the one at ``URI/model/`` (the served model):
+
+1. **On images neither model trained on.** The challenger never trained on its own test split.
+   The served model carries ``model/evaluation.json``, written when it was promoted: the split
+   rule of its run (``data.split_rule``) and the keys of its test images. A test image of this
+   run is compared only when the served model did not train or validate on it: it is in that
+   list, or the served run's rule puts it into test (an image added since). Splits are a hash
+   of each file's path (``data.assign_splits``), so with unchanged fractions and seed that is
+   the whole test split, and a grown dataset never scores the served model on its own training
+   images. A served model without the record (promoted by hand or by an older version) is
+   compared on the whole test split and the comparison is marked unverified: that can only
+   favour the served model.
+2. **By a margin that is not noise.** McNemar's exact test on per-image correctness: of the
+   images where exactly one model is right, the challenger must win significantly more
+   (one-sided binomial p < ``promotion_alpha``). Equal models do not swap back and forth.
+3. **Without sacrificing a class.** No class's recall may drop by more than
+   ``promotion_max_recall_drop``.
+
+The decision, the test statistic, per-class recall deltas and both confusion matrices go into
+``report/metrics.json`` under ``promotion``; ``report.html`` shows them ("vs the served model").
+A served model with other classes or another input size cannot be compared and is left in place.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,54 +39,190 @@ from trainer.storage import open_run_dir
 
 log = logging.getLogger(__name__)
 
+RECORD_FILE = "evaluation.json"  # inside model/: what the promoted model was judged on
+RECORD_FORMAT = 1
+
 
 @dataclass(frozen=True)
 class Decision:
     target: str
     promote: bool
     reason: str
-    new_accuracy: float
+    new_accuracy: float  # both accuracies on the comparison images
     current_accuracy: float | None = None
+    comparison: dict = field(default_factory=dict)  # images compared, fingerprint, fairness
+    mcnemar: dict = field(default_factory=dict)
+    per_class: dict = field(default_factory=dict)  # class -> served/new recall, delta
+    confusion_matrices: dict = field(default_factory=dict)  # served, new (rows = true class)
+    max_recall_drop: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def decide(target_uri: str, scratch: Path, new_accuracy: float, class_names: list[str], image_size: int,
-           evaluate_current) -> Decision:
-    """Compare with the model at ``target_uri``; ``evaluate_current(model) -> accuracy``."""
+def fingerprint(keys) -> str:
+    """A short, order-independent fingerprint of a set of image keys."""
+    digest = hashlib.sha256("\n".join(sorted(keys)).encode()).hexdigest()
+    return f"sha256:{digest[:16]}"
+
+
+def evaluation_record(cfg, dataset, decision: Decision) -> dict:
+    """What is stored with a promoted model (``model/evaluation.json``) so that the next run can
+    compare against it fairly: its run's split rule, its test images, what it was judged on."""
+    test_keys = sorted(dataset.test.keys or ())
+    compared = decision.comparison or {}
+    return {
+        "format": RECORD_FORMAT,
+        "data": cfg.data,
+        "split_rule": dataset.split_rule,
+        "test_keys": test_keys,
+        "test_fingerprint": fingerprint(test_keys),
+        "judged_on": {"num_images": compared.get("num_images"),
+                      "fingerprint": compared.get("fingerprint"),
+                      "reason": decision.reason},
+    }
+
+
+def comparison_mask(keys: tuple[str, ...] | None, record: dict | None) -> tuple[np.ndarray | None, dict]:
+    """Which of this run's test images the served model never trained on (None: all, unverified)."""
+    from trainer.data import never_trained_on
+
+    if record is None:
+        return None, {"fair": False, "note": "the served model has no evaluation record (promoted "
+                      "by hand or by an older version): its training images are unknown, so it "
+                      "was compared on the whole test split, which can only favour it"}
+    if keys is None:
+        return None, {"fair": False, "note": "this dataset's test images have no keys (packed): "
+                      "compared on the whole test split"}
+    served_test = set(record.get("test_keys") or ())
+    rule = record.get("split_rule") or {}
+    mask = np.array([k in served_test or bool(never_trained_on(k, rule)) for k in keys], bool)
+    dropped = int((~mask).sum())
+    note = (f"both models evaluated on the same {int(mask.sum())} test images, none of which "
+            "either model trained on")
+    if dropped:
+        note += f" ({dropped} test images of this run left out: the served model trained on them)"
+    return mask, {"fair": True, "note": note, "left_out": dropped,
+                  "also_in_served_test_split": int(sum(k in served_test for k in keys))}
+
+
+def mcnemar(new_ok: np.ndarray, old_ok: np.ndarray) -> dict:
+    """McNemar's exact test: is the challenger right on significantly more discordant images?"""
+    from scipy.stats import binomtest
+
+    b = int(np.sum(new_ok & ~old_ok))  # only the challenger is right
+    c = int(np.sum(~new_ok & old_ok))  # only the served model is right
+    n = b + c
+    p = float(binomtest(b, n, 0.5, alternative="greater").pvalue) if n else 1.0
+    chi2 = (abs(b - c) - 1) ** 2 / n if n else 0.0  # the continuity-corrected statistic
+    return {"only_new_right": b, "only_served_right": c, "discordant": n, "statistic": chi2,
+            "p_value": p, "test": "McNemar exact (one-sided binomial on discordant pairs)"}
+
+
+def _recall(y_true: np.ndarray, y_pred: np.ndarray, cls: int) -> float | None:
+    support = int(np.sum(y_true == cls))
+    return float(np.sum((y_true == cls) & (y_pred == cls)) / support) if support else None
+
+
+def _confusion(y_true: np.ndarray, y_pred: np.ndarray, n: int) -> list[list[int]]:
+    cm = np.zeros((n, n), np.int64)
+    np.add.at(cm, (y_true, y_pred), 1)
+    return cm.tolist()
+
+
+def decide(cfg, scratch: Path, dataset, y_true: np.ndarray, new_pred: np.ndarray,
+           predict_current) -> Decision:
+    """Compare with the model at ``cfg.promote_to``; ``predict_current(model)`` returns its
+    predicted class for every test image, in order."""
     import keras
 
+    target_uri = cfg.promote_to
+    class_names = list(dataset.class_names)
     target = open_run_dir(target_uri, scratch)
+    overall = float(np.mean(new_pred == y_true)) if len(y_true) else 0.0
     if not (target.pull("model/model_info.json") and target.pull("model/model.keras")):
-        return Decision(target_uri, True, "no model there yet", new_accuracy)
+        return Decision(target_uri, True, "no model there yet", overall)
     info = json.loads((target.local / "model" / "model_info.json").read_text())
-    if info.get("class_names") != list(class_names) or info.get("image_size") != image_size:
+    if info.get("class_names") != class_names or info.get("image_size") != cfg.image_size:
         return Decision(target_uri, False, "the current model has other classes or another input size; "
-                        "promote by hand if intended", new_accuracy)
+                        "promote by hand if intended", overall)
+    record = None
+    if target.pull(f"model/{RECORD_FILE}"):
+        try:
+            record = json.loads((target.local / "model" / RECORD_FILE).read_text())
+        except (ValueError, OSError):
+            log.warning("%s/model/%s is unreadable: comparing without it", target_uri, RECORD_FILE)
+    mask, comparison = comparison_mask(dataset.test.keys, record)
+    if mask is None:
+        mask = np.ones(len(y_true), bool)
+    keys = dataset.test.keys
+    compared = [k for k, m in zip(keys, mask) if m] if keys is not None else None
+    comparison.update(num_images=int(mask.sum()),
+                      fingerprint=fingerprint(compared) if compared is not None else None)
+
     current = keras.saving.load_model(target.local / "model" / "model.keras")
-    current_accuracy = float(evaluate_current(current))
-    better = new_accuracy > current_accuracy
-    reason = (f"test accuracy {new_accuracy:.4f} {'>' if better else '<='} current model's "
-              f"{current_accuracy:.4f} on the same test split")
-    return Decision(target_uri, better, reason, new_accuracy, current_accuracy)
+    old_pred = np.asarray(predict_current(current))
+    verdict = judge(y_true[mask], new_pred[mask], old_pred[mask], class_names,
+                    cfg.promotion_alpha, cfg.promotion_max_recall_drop)
+    return Decision(target_uri, comparison=comparison, **verdict)
 
 
-def publish(target_uri: str, scratch: Path, write_model, write_report) -> None:
-    """Write the model and the report into staging at the target, then publish each whole."""
+def judge(y: np.ndarray, new_p: np.ndarray, old_p: np.ndarray, class_names: list[str],
+          alpha: float, max_recall_drop: float) -> dict:
+    """The decision on the comparison images (a pure function): McNemar, then the recall guard."""
+    new_ok, old_ok = new_p == y, old_p == y
+    new_acc = float(new_ok.mean()) if len(y) else 0.0
+    old_acc = float(old_ok.mean()) if len(y) else 0.0
+    test = {**mcnemar(new_ok, old_ok), "alpha": alpha}
+    per_class, dropped = {}, []
+    for i, name in enumerate(class_names):
+        r_new, r_old = _recall(y, new_p, i), _recall(y, old_p, i)
+        if r_new is None:
+            continue
+        delta = r_new - r_old
+        per_class[name] = {"served_recall": r_old, "new_recall": r_new, "delta": delta,
+                           "support": int(np.sum(y == i))}
+        if delta < -max_recall_drop - 1e-12:
+            dropped.append(f"{name!r} {r_old:.3f} -> {r_new:.3f}")
+    summary = (f"accuracy {new_acc:.4f} vs the served model's {old_acc:.4f} on {len(y)} images; "
+               f"only the new model right on {test['only_new_right']}, only the served one on "
+               f"{test['only_served_right']}, McNemar p={test['p_value']:.3g}")
+    if not len(y):
+        promote, reason = False, "no test image that neither model trained on: nothing to compare"
+    elif dropped:
+        promote = False
+        reason = f"recall drops by more than {max_recall_drop} for class {', '.join(dropped)}; {summary}"
+    elif test["p_value"] >= alpha:
+        promote, reason = False, f"not significantly better (p >= {alpha}): {summary}"
+    else:
+        promote, reason = True, f"significantly better (p < {alpha}): {summary}"
+    matrices = {"served": _confusion(y, old_p, len(class_names)),
+                "new": _confusion(y, new_p, len(class_names))}
+    return {"promote": promote, "reason": reason, "new_accuracy": new_acc,
+            "current_accuracy": old_acc, "mcnemar": test, "per_class": per_class,
+            "confusion_matrices": matrices, "max_recall_drop": max_recall_drop}
+
+
+def publish(target_uri: str, scratch: Path, write_model, write_report, record: dict) -> None:
+    """Write the model (with its evaluation record) and the report into staging at the target,
+    then publish each whole."""
     target = open_run_dir(target_uri, scratch)
-    for rel, write in (("model", write_model), ("report", write_report)):
+
+    def model_with_record(directory: Path) -> None:
+        write_model(directory)
+        (directory / RECORD_FILE).write_text(json.dumps(record, indent=1))
+
+    for rel, write in (("model", model_with_record), ("report", write_report)):
         staging = target.staging(rel)
         write(staging)
         target.publish(staging, rel)
     log.info("promoted the model and report to %s", target_uri)
 
 
-def accuracy_of(model, batches) -> float:
-    """Top-1 accuracy of ``model`` over ``(images, labels)`` batches."""
-    correct = total = 0
-    for images, labels in batches:
+def predictions_of(model, batches) -> np.ndarray:
+    """Top-1 predicted class of ``model`` for every image of ``(images, labels)`` batches."""
+    out = []
+    for images, _labels in batches:
         probs = model(np.asarray(images, np.float32), training=False)
-        correct += int((np.asarray(probs).argmax(-1) == labels.numpy()).sum())
-        total += int(labels.shape[0])
-    return correct / max(1, total)
+        out.append(np.asarray(probs).argmax(-1))
+    return np.concatenate(out) if out else np.zeros(0, np.int64)

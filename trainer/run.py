@@ -52,7 +52,7 @@ MAY_CHANGE_ON_RESUME = ("output", "epochs", "export", "promote_to", "keep_checkp
                         "steps_per_execution", "jit_compile", "max_bad_image_fraction",
                         "max_image_pixels", "stream_window", "rendezvous_timeout_seconds",
                         "collective_timeout_seconds", "export_epoch", "weights_mirror",
-                        "auto_reasons")
+                        "auto_reasons", "promotion_alpha", "promotion_max_recall_drop")
 
 
 def scratch_dir() -> Path:

@@ -25,6 +25,7 @@ from trainer.report.files import (
 )
 from trainer.report.metrics import CORE_KEYS, plain
 from trainer.report.plots import ANNOTATE_MAX_CLASSES
+from trainer.report.served import log_note, promotion_section
 
 _CSS = """
 :root { --fg:#1f2328; --muted:#59636e; --line:#d1d9e0; --bg:#f6f8fa; --accent:#0969da;
@@ -108,7 +109,9 @@ def render_html(metrics: Mapping[str, Any], config: Mapping[str, Any], *,
         _confusion_section(len(metrics["class_names"])),
         _classes_section(metrics),
         _predictions_section(predictions_caption),
+        promotion_section(metrics),
         _config_section(cfg),
+        log_note(metrics),
     )
     body = "\n\n".join(sections)
     return f"""<!DOCTYPE html>
