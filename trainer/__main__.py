@@ -164,8 +164,10 @@ def _train(argv: list[str]) -> int:
     try:
         run(cfg, stop)
     except BaseException as exc:
+        preemption.disarm()
         runlog.finish(exc)  # the failed attempt's log, with its error, outlives the pod
         raise
+    preemption.disarm()
     runlog.finish()
     return errors.EXIT_OK
 

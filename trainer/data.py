@@ -277,11 +277,15 @@ def _parallel_map(fn, items: list) -> list:
 
     On an exception (SIGTERM arrives as one) the queued items are cancelled, not worked off.
     """
+    from trainer import preemption
+
     pool = ThreadPoolExecutor(max_workers=min(32, (os.cpu_count() or 1) * 4))
-    try:
-        return list(pool.map(fn, items))
+    try:  # once a stop is requested the rest is skipped, and Preempted raised right after
+        out = list(pool.map(lambda item: None if preemption.requested() else fn(item), items))
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+    preemption.check()
+    return out
 
 
 # Pillow may open only the formats the docs list, whatever a file's extension says.

@@ -7,8 +7,10 @@ Kubernetes sends SIGTERM on preemption or eviction and SIGKILL after the pod's g
   saves a checkpoint at that step boundary and raises ``Preempted``;
 * every other phase (download, data loading, evaluation, report, export, promotion) has nothing
   to save: the last checkpoint already holds all the training, ``report/`` and ``model/`` are
-  built aside and published whole. The signal handler raises ``Preempted`` at once, in the main
-  thread, wherever it is; the next pod redoes that phase.
+  built aside and published whole. The run stops at once with ``Preempted``: the signal
+  handler raises it in the main thread when that thread is in the trainer's own code, and
+  otherwise (inside a library, where an exception could break a lock) retries every 50 ms
+  by SIGALRM; thread pools skip their queued work. The next pod redoes that phase.
 
 Short critical sections (writing a checkpoint marker or ``config.yaml``, swapping a published
 tree into place) run under ``critical()``: a SIGTERM arriving inside one is honoured when it
@@ -19,8 +21,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
-import sys
 from collections.abc import Iterator
 
 from trainer.errors import EXIT_PREEMPTED, Preempted
@@ -49,6 +51,7 @@ class PhasedStop(StopRequest):
         _inject_fault(phase)
 
     def raise_now(self) -> None:
+        disarm()
         raise Preempted(f"{self.reason} during {self.phase}; nothing was lost: {RESUME_HINT}")
 
     @contextlib.contextmanager
@@ -61,10 +64,10 @@ class PhasedStop(StopRequest):
         if self and not self._critical and not self.deferred:
             self.raise_now()
 
-    def on_signal(self, signum: int) -> None:
+    def on_signal(self, signum: int, frame) -> None:
         name = signal.Signals(signum).name
         if self:  # second signal: give up at once
-            sys.exit(EXIT_PREEMPTED)
+            os._exit(EXIT_PREEMPTED)
         self.set(f"stopped by {name}")
         if self.deferred:
             log.warning("%s received: saving a checkpoint at the next step boundary", name)
@@ -72,10 +75,26 @@ class PhasedStop(StopRequest):
             log.warning("%s received during %s: stopping after the current write", name, self.phase)
         else:
             log.warning("%s received during %s: stopping now", name, self.phase)
+        self.try_raise(frame)
+
+    def try_raise(self, frame) -> None:
+        """Raise Preempted in the main thread if it is at a safe point, else retry shortly.
+
+        An exception raised inside library code can break its invariants (a lock released
+        twice in ``threading``); so it is raised only when the interrupted frame is the
+        trainer's own code, and otherwise re-tried by a SIGALRM a moment later. Thread pools
+        stop taking work once a stop is requested (``requested()``), so waits end quickly.
+        """
+        if not self or self.deferred or self._critical:
+            return
+        if frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
             self.raise_now()
+        signal.setitimer(signal.ITIMER_REAL, RETRY_SECONDS)
 
 
 _active: PhasedStop | None = None
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep  # the trainer's own code
+RETRY_SECONDS = 0.05  # how soon a stop interrupted inside library code is retried
 
 # Fault injection for tests: "PHASE" makes the process send itself a real SIGTERM as PHASE
 # starts (deterministic: the handler runs before the phase's first step); "PHASE@SECONDS" sends
@@ -103,7 +122,25 @@ def install(stop: PhasedStop) -> None:
     """Route SIGTERM to ``stop`` (main thread only; called by the entry point)."""
     global _active
     _active = stop
-    signal.signal(signal.SIGTERM, lambda signum, _frame: stop.on_signal(signum))
+    signal.signal(signal.SIGTERM, stop.on_signal)
+    signal.signal(signal.SIGALRM, lambda _signum, frame: stop.try_raise(frame))
+
+
+def disarm() -> None:
+    """Cancel a pending SIGALRM retry (before raising, and when the run ends)."""
+    signal.setitimer(signal.ITIMER_REAL, 0)
+
+
+def requested() -> bool:
+    """True once a stop was requested: worker threads skip the rest of their queue."""
+    return bool(_active)
+
+
+def check() -> None:
+    """Raise Preempted now if a stop was requested outside training (a safe point)."""
+    stop = _active
+    if stop is not None and stop and not stop.deferred and not stop._critical:
+        stop.raise_now()
 
 
 @contextlib.contextmanager
