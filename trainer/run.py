@@ -81,8 +81,11 @@ def _check_same_run(run_dir: RunDir, cfg: TrainConfig) -> None:
                         "checkpoint's config is unknown; use a new --output or delete the run "
                         "directory to start over") from None
     current = cfg.to_dict()
-    changed = [k for k in current if k not in MAY_CHANGE_ON_RESUME and k in previous
-               and previous[k] != current[k]]
+    # Keys left at auto in both runs are derived again (from epochs, the machine, ...): a change
+    # there follows from a key that may change (warmup from epochs, precision from the node).
+    derived = set(previous.get("auto_reasons") or {}) & set(current.get("auto_reasons") or {})
+    changed = [k for k in current if k not in MAY_CHANGE_ON_RESUME and k not in derived
+               and k in previous and previous[k] != current[k]]
     if changed:
         diffs = ", ".join(f"{k}: {brief(previous[k], 40)} -> {brief(current[k], 40)}" for k in changed)
         raise ConfigError(f"{cfg.output} holds a run with a different config ({diffs}); "
