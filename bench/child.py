@@ -182,7 +182,7 @@ def run_trainer(spec: dict) -> dict:
     from trainer import data as data_lib
     from trainer.checkpoint import Checkpointer
     from trainer.errors import Preempted
-    from trainer.storage import RunDir
+    from trainer.storage import LocalRunDir
     from trainer.train import StopRequest, Trainer
 
     cfg, runtime, ds, out = _trainer_setup(spec)
@@ -227,7 +227,7 @@ def run_trainer(spec: dict) -> dict:
                 stop.set("target reached")
             return name
 
-    run_dir = RunDir(out)
+    run_dir = LocalRunDir(out)
     checkpointer = ProbingCheckpointer(
         Checkpointer(run_dir, trainer.model, trainer.optimizer, cfg.keep_checkpoints))
     try:

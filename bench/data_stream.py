@@ -227,8 +227,9 @@ def main(argv: list[str]) -> int:
 
     from fake_gcs import Emulator
 
-    from trainer import gcs
     from trainer.pack import PackOptions, pack
+    from trainer.storage import gcs
+    from trainer.storage.dataset_push import upload_tree
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-data-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -254,7 +255,7 @@ def main(argv: list[str]) -> int:
             log(f"{n}: generated {row['dataset_bytes'] / 1e6:.1f} MB, packed in {row['pack_seconds']:.0f} s")
             if n in args.download_sizes:
                 t = time.monotonic()
-                gcs.upload_tree(folder, f"gs://bench/folders-{n}", workers=16)
+                upload_tree(folder, f"gs://bench/folders-{n}", workers=16)
                 row["push_seconds"] = time.monotonic() - t
                 log(f"{n}: pushed {n} objects in {row['push_seconds']:.0f} s")
                 row["download_all"] = run_child(["first-step", f"gs://bench/folders-{n}", str(work / f"out-d-{n}")],

@@ -4,7 +4,7 @@
     .venv/bin/python -m bench.gcs_download --objects 1000 --size-bytes 2048 --rounds 5 --workers 16 --latency-ms 0 20
 
 Starts fake-gcs-server on 127.0.0.1, uploads N objects of S bytes in class folders, then times
-``trainer.gcs.download_prefix`` (the code the trainer runs) into a fresh cache directory with
+``trainer.storage.dataset_cache.download_prefix`` (the code the trainer runs) into a fresh cache directory with
 1 thread ("sequential") and with W threads ("parallel"), alternating the two so that load from
 anything else on the machine hits both alike; reports medians and the ratio.
 
@@ -36,7 +36,8 @@ sys.path.insert(0, str(REPO / "tests" / "gcs"))
 
 from fake_gcs import Emulator, free_port
 
-from trainer import gcs
+from trainer.storage import gcs
+from trainer.storage.dataset_cache import download_prefix
 
 # ---------------------------------------------------------------------------------------------
 # A delaying TCP proxy (its own process, so its CPU does not compete for the client's GIL)
@@ -106,7 +107,7 @@ def upload(bucket: str, objects: int, size: int) -> None:
 def time_download(uri: str, workers: int, scratch: Path) -> float:
     cache = Path(tempfile.mkdtemp(dir=scratch))
     start = time.perf_counter()
-    got = gcs.download_prefix(uri, cache, workers=workers)
+    got = download_prefix(uri, cache, workers=workers)
     seconds = time.perf_counter() - start
     shutil.rmtree(cache)
     assert got is not None

@@ -18,7 +18,8 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
-from trainer import progress, uris
+from trainer import progress
+from trainer.storage import small_files
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +62,9 @@ def _json(text: str | None) -> dict | None:
 
 def read_run(parent: str, name: str) -> Run | None:
     """The run in ``parent/name``, or None when it holds no trainer run."""
-    uri = uris.join(parent, name)
-    metrics = _json(uris.read_text(uris.join(uri, METRICS)))
-    record = progress.parse(uris.read_text(uris.join(uri, progress.FILE)))
+    uri = small_files.join(parent, name)
+    metrics = _json(small_files.read_text(small_files.join(uri, METRICS)))
+    record = progress.parse(small_files.read_text(small_files.join(uri, progress.FILE)))
     if metrics is None and record is None:
         return None
     record = record or {}
@@ -90,7 +91,7 @@ def read_run(parent: str, name: str) -> Run | None:
 
 def collect(parent: str) -> list[Run]:
     """Every run under ``parent``, oldest first (by start time, then name)."""
-    names = uris.child_dirs(parent)
+    names = small_files.child_dirs(parent)
     if not names:
         return []
     with ThreadPoolExecutor(max_workers=min(8, len(names))) as pool:
@@ -227,8 +228,8 @@ def write_index(parent: str, runs: list[Run]) -> str:
     """Write ``index.html`` (and the trend plot) into ``parent``; returns the index's URI."""
     png = trend_png(runs)
     if png is not None:
-        uris.write_bytes(uris.join(parent, TREND), png, "image/png")
-    index = uris.join(parent, INDEX)
-    uris.write_bytes(index, render_index(parent, runs, png is not None).encode(),
+        small_files.write_bytes(small_files.join(parent, TREND), png, "image/png")
+    index = small_files.join(parent, INDEX)
+    small_files.write_bytes(index, render_index(parent, runs, png is not None).encode(),
                      "text/html; charset=utf-8")
     return index

@@ -5,7 +5,7 @@ Why the run directory and not the pod: on a locked-down cluster the trainer's Se
 no API rights (no token is even mounted), so it cannot annotate its pod or Job, and a
 termination message exists only once the container has ended. The trainer already writes the
 run directory (local or ``gs://``); the launcher reads it back through the trainer's storage
-layer (``trainer.uris``), with the same credentials the user has for the bucket.
+layer (``trainer.storage.small_files``), with the same credentials the user has for the bucket.
 
 The Job's run directory is its container's ``--output`` argument; a CronJob's run has
 ``$(KUBETRAIN_JOB_NAME)`` in it, which the kubelet expands to the Job's name (``render``).
@@ -40,11 +40,12 @@ def read_progress(output: str | None) -> tuple[dict | None, str]:
     """(the progress record, "") or (None, why not). Never raises: status must still print."""
     if not output:
         return None, "the Job has no --output"
-    from trainer import progress, uris
+    from trainer import progress
     from trainer.errors import TrainerError
+    from trainer.storage import small_files
 
     try:
-        record = progress.parse(uris.read_text(uris.join(output, progress.FILE)))
+        record = progress.parse(small_files.read_text(small_files.join(output, progress.FILE)))
     except TrainerError as exc:
         return None, str(exc)
     except OSError as exc:

@@ -184,7 +184,7 @@ def _data(argv: list[str]) -> int:
                            workers=args.workers, create_bucket=args.create_bucket)
         pack(args.src, args.dst, opts, scratch_dir() / "pack")
         return errors.EXIT_OK
-    from trainer.gcs import push_dataset
+    from trainer.storage.dataset_push import push_dataset  # lazy: the cloud client
 
     count = push_dataset(args.src, args.dst, workers=args.workers, create_bucket=args.create_bucket)
     log.info("pushed %d objects to %s", count, args.dst)

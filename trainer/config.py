@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -27,6 +25,7 @@ import yaml
 from trainer.errors import ConfigError
 from trainer.quoting import brief
 from trainer.schema import check_keys, doc_field
+from trainer.storage.uri import is_inside, validate_uri
 
 BUILTIN_PREFIX = "builtin:"
 BUILTIN_DATASETS = ("digits",)
@@ -256,9 +255,9 @@ def _validate(cfg: TrainConfig) -> None:
         need(cfg.builtin in BUILTIN_DATASETS,
              f"unknown built-in dataset {cfg.data!r}; available: "
              + ", ".join(BUILTIN_PREFIX + d for d in BUILTIN_DATASETS))
-    for uri_key in ("data", "output", "promote_to"):
-        _check_uri(uri_key, getattr(cfg, uri_key))
-    need(not _inside(cfg.output, cfg.data),
+    for uri_key in ("data", "output", "promote_to", "weights", "weights_mirror"):
+        validate_uri(uri_key, getattr(cfg, uri_key))
+    need(cfg.builtin is not None or not is_inside(cfg.output, cfg.data),
          f"output {brief(cfg.output)} is the dataset {brief(cfg.data)} or inside it: the run would "
          "write into the dataset and every later run would train on its outputs; use another --output")
     need(cfg.max_image_pixels >= 1, "config key 'max_image_pixels': must be >= 1")
@@ -289,11 +288,6 @@ def _validate(cfg: TrainConfig) -> None:
          f"config key 'weights': {cfg.weights!r} is not imagenet, none, auto or a .h5 / .weights.h5 file or URI")
     need(cfg.weights != "imagenet" or cfg.model in BACKBONES,
          f"config key 'weights': imagenet weights exist only for the backbones ({', '.join(BACKBONES)})")
-    for uri_key in ("weights", "weights_mirror"):
-        uri = getattr(cfg, uri_key)
-        if uri.startswith("gs://"):
-            need(len(uri) > len("gs://") and not uri[5:].startswith("/"),
-                 f"config key {uri_key!r}: {uri!r} has no bucket name (gs://BUCKET/path)")
     need(not cfg.promote_to or cfg.export, "config key 'promote_to' needs export: true")
     need(not cfg.promote_to or cfg.promote_to.rstrip("/") != cfg.output.rstrip("/"),
          "config key 'promote_to' must differ from output")
@@ -306,39 +300,6 @@ def _validate(cfg: TrainConfig) -> None:
 # Cloud Storage bucket names: lowercase letters, digits, '-', '_' and '.', starting and ending
 # with a letter or digit, at most 63 characters (222 with dots, 63 per dot-separated part).
 # Cloud Storage also wants at least 3; not checked, so short emulator names keep working.
-_BUCKET = re.compile(r"[a-z0-9](?:[a-z0-9._-]{0,220}[a-z0-9])?")
-
-
-def _check_uri(key: str, uri: str) -> None:
-    """A ``gs://`` URI needs a valid bucket name; no URI may hold control characters."""
-    if any(ord(ch) < 32 for ch in uri):
-        raise ConfigError(f"config key {key!r}: {brief(uri)} contains a control character (newline?)")
-    if not uri.startswith("gs://"):
-        return
-    bucket = uri[5:].split("/", 1)[0]
-    if not bucket:
-        raise ConfigError(f"config key {key!r}: {brief(uri)} has no bucket name (gs://BUCKET/prefix)")
-    parts_ok = all(0 < len(part) <= 63 for part in bucket.split("."))
-    if not (_BUCKET.fullmatch(bucket) and parts_ok and (len(bucket) <= 63 or "." in bucket)):
-        raise ConfigError(
-            f"config key {key!r}: {brief(bucket)} is not a valid bucket name (up to 63 lowercase "
-            "letters, digits, '-', '_' or '.', starting and ending with a letter or digit)")
-
-
-def _inside(inner: str, outer: str) -> bool:
-    """True when the location ``inner`` is ``outer`` or below it (both local, or both gs://)."""
-    if not inner or not outer or outer.startswith(BUILTIN_PREFIX):
-        return False
-    if inner.startswith("gs://") != outer.startswith("gs://"):
-        return False
-    if inner.startswith("gs://"):
-        a, b = inner.rstrip("/") + "/", outer.rstrip("/") + "/"
-    else:
-        a = os.path.realpath(os.path.expanduser(inner)) + os.sep
-        b = os.path.realpath(os.path.expanduser(outer)) + os.sep
-    return a.startswith(b)
-
-
 def load_config(
     file_values: Mapping[str, Any] | None = None,
     overrides: Mapping[str, Any] | None = None,

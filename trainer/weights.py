@@ -28,6 +28,7 @@ from pathlib import Path
 
 from trainer.config import BACKBONES, TrainConfig
 from trainer.errors import ConfigError
+from trainer.storage.uri import is_remote
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +70,10 @@ def _gcs_download(uri: str, dest_dir: Path) -> Path | None:
     """Download one object; None when it does not exist. Errors other than 404 raise."""
     from google.api_core import exceptions as gexc
 
-    from trainer import gcs
+    from trainer.storage import gcs  # lazy: the cloud client
+    from trainer.storage.uri import parse_uri
 
-    bucket, name = gcs.parse_uri(uri)
+    bucket, name = parse_uri(uri)
     dest = dest_dir / hashlib.sha256(uri.encode()).hexdigest()[:16] / Path(name).name
     dest.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -85,9 +87,10 @@ def _gcs_download(uri: str, dest_dir: Path) -> Path | None:
 
 
 def _gcs_upload(path: Path, uri: str) -> None:
-    from trainer import gcs
+    from trainer.storage import gcs  # lazy: the cloud client
+    from trainer.storage.uri import parse_uri
 
-    bucket, name = gcs.parse_uri(uri)
+    bucket, name = parse_uri(uri)
     gcs.client().bucket(bucket).blob(name).upload_from_filename(str(path))
 
 
@@ -112,7 +115,7 @@ def _imagenet(cfg: TrainConfig, scratch: Path) -> InitialWeights:
     mirror = cfg.weights_mirror
     if mirror:
         uri = _join(mirror, fname)
-        if uri.startswith("gs://"):
+        if is_remote(uri):
             got = _gcs_download(uri, scratch / "weights")
             if got:
                 return _found("imagenet", f"{uri} (weights_mirror)", got)
@@ -132,7 +135,7 @@ def _imagenet(cfg: TrainConfig, scratch: Path) -> InitialWeights:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
         raise ConfigError(f"ImageNet weights for {cfg.model}: {tried}, and the download failed ({first}); "
                           f"{advice}") from None
-    if mirror.startswith("gs://"):
+    if is_remote(mirror):
         try:
             _gcs_upload(path, _join(mirror, fname))
             log.info("copied %s to %s for the next runs", fname, mirror)
@@ -148,7 +151,7 @@ def resolve(cfg: TrainConfig, scratch: Path) -> InitialWeights:
     if cfg.weights in ("imagenet", "auto"):
         return _imagenet(cfg, scratch)
     uri = cfg.weights
-    if uri.startswith("gs://"):
+    if is_remote(uri):
         got = _gcs_download(uri, scratch / "weights")
         if got is None:
             raise ConfigError(f"weights file {uri} not found")

@@ -43,7 +43,7 @@ def gcs_emulator(tmp_path_factory) -> str:
 @pytest.fixture
 def gcs_client(gcs_emulator):
     """The trainer's own client (anonymous, pointed at the emulator)."""
-    from trainer import gcs
+    from trainer.storage import gcs
 
     return gcs.client()
 

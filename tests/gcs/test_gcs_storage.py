@@ -1,4 +1,5 @@
-"""trainer.gcs against a real GCS emulator (fake-gcs-server) with the real client library."""
+"""trainer.storage (client, transfers, dataset cache and push, GCS run directory) against a real
+GCS emulator (fake-gcs-server) with the real client library."""
 
 from __future__ import annotations
 
@@ -13,8 +14,11 @@ import pytest
 import requests
 from requests.adapters import HTTPAdapter
 
-from trainer import gcs, storage
+from trainer import storage
 from trainer.errors import EXIT_CONFIG, EXIT_DATA, ConfigError, DataError
+from trainer.storage import gcs, gcs_rundir, transfer
+from trainer.storage.dataset_cache import download_prefix
+from trainer.storage.uri import parse_uri
 
 pytestmark = pytest.mark.gcs
 
@@ -53,20 +57,20 @@ def test_download_mirrors_exactly_the_prefix(gcs_client, bucket, tmp_path):
 
 def test_download_of_whole_bucket(gcs_client, bucket, tmp_path):
     put(gcs_client, bucket, {"a/1.png": b"1", "b/2.png": b"2"})
-    assert tree(gcs.download_prefix(f"gs://{bucket}", tmp_path)) == {"a/1.png": b"1", "b/2.png": b"2"}
+    assert tree(download_prefix(f"gs://{bucket}", tmp_path)) == {"a/1.png": b"1", "b/2.png": b"2"}
 
 
 def test_parallel_download_of_1000_small_objects_then_nothing_to_redo(gcs_client, bucket, tmp_path, caplog):
     objects = {f"ds/c{i % 10}/{i:04d}.png": f"image {i}".encode() * 20 for i in range(1000)}
     put(gcs_client, bucket, objects)
-    caplog.set_level(logging.INFO, logger="trainer.gcs")
-    got = gcs.download_prefix(f"gs://{bucket}/ds", tmp_path, workers=16)
+    caplog.set_level(logging.INFO, logger="trainer.storage")
+    got = download_prefix(f"gs://{bucket}/ds", tmp_path, workers=16)
     assert tree(got) == {k[len("ds/"):]: v for k, v in objects.items()}
     assert "downloading 1000" in caplog.text and "1000/1000 objects" in caplog.text  # progress
 
     mtimes = {p: p.stat().st_mtime_ns for p in got.rglob("*.png")}
     caplog.clear()
-    assert gcs.download_prefix(f"gs://{bucket}/ds", tmp_path) == got
+    assert download_prefix(f"gs://{bucket}/ds", tmp_path) == got
     assert "1000 already cached" in caplog.text and "downloading 0" in caplog.text
     assert {p: p.stat().st_mtime_ns for p in got.rglob("*.png")} == mtimes
 
@@ -74,23 +78,23 @@ def test_parallel_download_of_1000_small_objects_then_nothing_to_redo(gcs_client
 def test_cache_follows_changes_in_the_bucket(gcs_client, bucket, tmp_path):
     put(gcs_client, bucket, {"ds/a/1.png": b"old", "ds/a/2.png": b"keep", "ds/b/3.png": b"gone soon"})
     uri = f"gs://{bucket}/ds"
-    gcs.download_prefix(uri, tmp_path)
+    download_prefix(uri, tmp_path)
     put(gcs_client, bucket, {"ds/a/1.png": b"new", "ds/c/4.png": b"added"})
     gcs_client.bucket(bucket).blob("ds/b/3.png").delete()
-    assert tree(gcs.download_prefix(uri, tmp_path)) == {"a/1.png": b"new", "a/2.png": b"keep", "c/4.png": b"added"}
+    assert tree(download_prefix(uri, tmp_path)) == {"a/1.png": b"new", "a/2.png": b"keep", "c/4.png": b"added"}
 
 
 def test_interrupted_download_resumes(gcs_client, bucket, tmp_path):
     put(gcs_client, bucket, {f"ds/a/{i}.png": b"x" * i for i in range(1, 30)})
     uri = f"gs://{bucket}/ds"
-    got = gcs.download_prefix(uri, tmp_path)
+    got = download_prefix(uri, tmp_path)
     journal = got.parent / "objects.jsonl"
     lines = journal.read_text().splitlines()
     # as if killed: half the journal, a torn last line, a leftover partial file
     journal.write_text("\n".join(lines[:10]) + '\n["a/9.png", 12')
     (got / "a" / ".10.png.part-deadbeef").write_bytes(b"partial")
     (got / "a" / "20.png").write_bytes(b"truncated")
-    assert tree(gcs.download_prefix(uri, tmp_path)) == {f"a/{i}.png": b"x" * i for i in range(1, 30)}
+    assert tree(download_prefix(uri, tmp_path)) == {f"a/{i}.png": b"x" * i for i in range(1, 30)}
 
 
 @pytest.mark.parametrize("evil", ["ds/a/../../../evil.png", "ds/../evil.png", "ds//b.png", "ds/./c.png",
@@ -109,14 +113,14 @@ def test_unsafe_object_names_are_refused(gcs_client, bucket, tmp_path, evil):
 def test_absolute_object_name_is_refused(gcs_client, bucket, tmp_path):
     put(gcs_client, bucket, {"a/ok.png": b"ok", "/tmp/abs.png": b"pwned"})
     with pytest.raises(DataError, match="is absolute"):
-        gcs.download_prefix(f"gs://{bucket}", tmp_path)
+        download_prefix(f"gs://{bucket}", tmp_path)
     assert not any(p.is_file() for p in tmp_path.rglob("*"))
 
 
 def test_object_that_is_also_a_folder_is_refused(gcs_client, bucket, tmp_path):
     put(gcs_client, bucket, {"ds/a": b"file", "ds/a/1.png": b"inside"})
     with pytest.raises(DataError, match="both an object and a folder"):
-        gcs.download_prefix(f"gs://{bucket}/ds", tmp_path)
+        download_prefix(f"gs://{bucket}/ds", tmp_path)
 
 
 def test_missing_bucket_is_a_data_error(gcs_emulator, tmp_path):
@@ -140,7 +144,7 @@ def test_empty_prefix_is_a_data_error(gcs_client, bucket, tmp_path):
 def test_run_dir_round_trips_files_and_trees(gcs_client, bucket, tmp_path):
     uri = f"gs://{bucket}/runs/r1"
     rd = storage.open_run_dir(uri, tmp_path / "scratch1")
-    assert isinstance(rd, gcs.GCSRunDir) and rd.uri_of("report/metrics.json") == f"{uri}/report/metrics.json"
+    assert isinstance(rd, gcs_rundir.GCSRunDir) and rd.uri_of("report/metrics.json") == f"{uri}/report/metrics.json"
     (rd.local / "checkpoints").mkdir()
     (rd.local / "checkpoints" / "ckpt-1.index").write_bytes(b"index")
     (rd.local / "config.yaml").write_text("epochs: 2\n")
@@ -190,7 +194,7 @@ def test_missing_output_bucket_is_a_config_error(gcs_emulator, tmp_path):
                          ids=["no-bucket", "uppercase", "short", "dotdot", "empty-segment"])
 def test_malformed_uris_are_config_errors(uri):
     with pytest.raises(ConfigError):
-        gcs.parse_uri(uri)
+        parse_uri(uri)
 
 
 def test_no_credentials_is_a_config_error(monkeypatch, tmp_path):
@@ -223,7 +227,7 @@ def test_failed_publish_leaves_the_previous_report(gcs_client, bucket, tmp_path,
     rd = storage.open_run_dir(f"gs://{bucket}/run", tmp_path / "s1")
     rd.publish(_report(rd.staging("report"), "good", ("metrics.json", "a.png", "b.png")), "report")
 
-    real_upload, calls = gcs._upload, []
+    real_upload, calls = transfer.upload, []
 
     def dying_upload(*args, **kwargs):
         calls.append(args)
@@ -231,7 +235,7 @@ def test_failed_publish_leaves_the_previous_report(gcs_client, bucket, tmp_path,
             raise KeyboardInterrupt  # the process is killed half-way through the upload
         return real_upload(*args, **kwargs)
 
-    monkeypatch.setattr(gcs, "_upload", dying_upload)
+    monkeypatch.setattr(transfer, "upload", dying_upload)
     with pytest.raises(KeyboardInterrupt):
         rd.publish(_report(rd.staging("report"), "bad", ("metrics.json", "a.png", "b.png")), "report")
     monkeypatch.undo()
@@ -249,11 +253,11 @@ def test_publish_killed_while_committing_is_finished_by_the_next_run(gcs_client,
     rd.publish(_report(rd.staging("model"), "v1", ("saved_model.pb", "variables/v.data", "stale.txt")), "model")
 
     def killed_commit(self, token, manifest):
-        src = self._bucket.blob(self._name(f"{gcs.STAGING}/{token}/files/{manifest['files'][0]}"))
+        src = self._bucket.blob(self._name(f"{gcs_rundir.STAGING}/{token}/files/{manifest['files'][0]}"))
         self._bucket.copy_blob(src, self._bucket, self._name(f"model/{manifest['files'][0]}"))
         raise KeyboardInterrupt  # killed after the first server-side copy
 
-    monkeypatch.setattr(gcs.GCSRunDir, "_commit", killed_commit)
+    monkeypatch.setattr(gcs_rundir.GCSRunDir, "_commit", killed_commit)
     with pytest.raises(KeyboardInterrupt):
         rd.publish(_report(rd.staging("model"), "v2", ("saved_model.pb", "variables/v.data")), "model")
     monkeypatch.undo()
@@ -321,7 +325,7 @@ def test_iam_refusals_are_config_errors(gcs_client, bucket, tmp_path, monkeypatc
 
 
 def test_push_local_folder_then_train_layout_comes_back(gcs_client, bucket, tmp_path):
-    from trainer.gcs import push_dataset
+    from trainer.storage.dataset_push import push_dataset
 
     src = tmp_path / "src"
     for cls, n in (("cat", 3), ("dog", 2)):
@@ -342,7 +346,7 @@ def test_push_local_folder_then_train_layout_comes_back(gcs_client, bucket, tmp_
 
 
 def test_push_builtin_digits(gcs_client, tmp_path):
-    from trainer.gcs import push_dataset
+    from trainer.storage.dataset_push import push_dataset
 
     bucket = f"t-push-digits-{uuid.uuid4().hex[:8]}"
     assert push_dataset("builtin:digits", f"gs://{bucket}/digits", create_bucket=True) == 1797
@@ -352,7 +356,7 @@ def test_push_builtin_digits(gcs_client, tmp_path):
 
 
 def test_push_errors(gcs_emulator, tmp_path):
-    from trainer.gcs import push_dataset
+    from trainer.storage.dataset_push import push_dataset
 
     with pytest.raises(ConfigError, match="destination must be gs://"):
         push_dataset("builtin:digits", str(tmp_path / "out"))

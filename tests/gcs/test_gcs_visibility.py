@@ -9,8 +9,9 @@ import json
 import pytest
 
 from jobs import runs, status
-from trainer import progress, uris
+from trainer import progress
 from trainer.errors import StorageError, TrainerError
+from trainer.storage import small_files
 
 pytestmark = pytest.mark.gcs
 
@@ -23,25 +24,25 @@ def _put_run(parent: str, name: str, accuracy: float, started: str) -> None:
                "cost": {"device": "cpu", "device_count": 1, "wall_seconds": 30.0,
                         "train_seconds": 20.0, "gpu_hours": 0.0, "preemptions_survived": 0,
                         "attempts": 1}}
-    uris.write_bytes(uris.join(parent, name, progress.FILE), json.dumps(record).encode())
-    uris.write_bytes(uris.join(parent, name, "report", "metrics.json"), json.dumps(metrics).encode())
-    uris.write_bytes(uris.join(parent, name, "report", "report.html"), b"<html></html>")
+    small_files.write_bytes(small_files.join(parent, name, progress.FILE), json.dumps(record).encode())
+    small_files.write_bytes(small_files.join(parent, name, "report", "metrics.json"), json.dumps(metrics).encode())
+    small_files.write_bytes(small_files.join(parent, name, "report", "report.html"), b"<html></html>")
 
 
 def test_runs_index_in_a_bucket(gcs_client, bucket):
     parent = f"gs://{bucket}/runs/nightly"
     _put_run(parent, "n-2", 0.95, "2026-01-02T03:00:00Z")
     _put_run(parent, "n-1", 0.93, "2026-01-01T03:00:00Z")
-    uris.write_bytes(uris.join(parent, "stray.txt"), b"x")  # a file, not a run directory
+    small_files.write_bytes(small_files.join(parent, "stray.txt"), b"x")  # a file, not a run directory
     found = runs.collect(parent)
     assert [(r.name, r.test_accuracy, r.promoted) for r in found] == [("n-1", 0.93, True),
                                                                       ("n-2", 0.95, True)]
     assert runs.write_index(parent, found) == f"{parent}/index.html"
-    page = uris.read_text(f"{parent}/index.html")
+    page = small_files.read_text(f"{parent}/index.html")
     assert 'href="n-1/report/report.html"' in page and 'src="runs_trend.png"' in page
     png = gcs_client.bucket(bucket).blob("runs/nightly/runs_trend.png")
     assert png.exists() and png.download_as_bytes()[:4] == b"\x89PNG"
-    assert uris.child_dirs(parent) == ["n-1", "n-2"]  # index.html did not become a run
+    assert small_files.child_dirs(parent) == ["n-1", "n-2"]  # index.html did not become a run
 
 
 def test_status_reads_progress_from_the_bucket(bucket):

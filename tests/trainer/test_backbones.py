@@ -37,9 +37,9 @@ def _trainer(cfg, **kw):
 
 def _checkpointer(trainer, out: Path):
     from trainer.checkpoint import Checkpointer
-    from trainer.storage import RunDir
+    from trainer.storage import LocalRunDir
 
-    return Checkpointer(RunDir(str(out)), trainer.model, trainer.optimizer, keep=2)
+    return Checkpointer(LocalRunDir(str(out)), trainer.model, trainer.optimizer, keep=2)
 
 
 def _features(model, images):

@@ -204,14 +204,14 @@ def test_training_stopped_mid_epoch_resumes_on_the_same_streamed_batches(packed_
     from trainer.checkpoint import Checkpointer
     from trainer.devices import make_runtime
     from trainer.errors import Preempted
-    from trainer.storage import RunDir
+    from trainer.storage import LocalRunDir
     from trainer.train import StopRequest, Trainer
 
     def trainer_for(out: Path):
         cfg = cfg_for(packed_dir, output=str(out), model="seed_cnn", epochs=1, batch_size=16,
                       steps_per_execution=2)
         t = Trainer(cfg, make_runtime(cfg), open_dataset(cfg, tmp_path / "scratch"))
-        return t, Checkpointer(RunDir(str(out)), t.model, t.optimizer, keep=2)
+        return t, Checkpointer(LocalRunDir(str(out)), t.model, t.optimizer, keep=2)
 
     clean, clean_ckpt = trainer_for(tmp_path / "clean")
     clean_result = clean.fit(clean_ckpt, StopRequest())

@@ -20,7 +20,7 @@ def _train(tmp_path, precision: str):
     from trainer.checkpoint import Checkpointer
     from trainer.data import load_dataset
     from trainer.devices import make_runtime
-    from trainer.storage import RunDir
+    from trainer.storage import LocalRunDir
     from trainer.train import StopRequest, Trainer
 
     out = tmp_path / precision
@@ -29,7 +29,7 @@ def _train(tmp_path, precision: str):
     try:
         runtime = make_runtime(cfg)
         trainer = Trainer(cfg, runtime, load_dataset(cfg, None))
-        trainer.fit(Checkpointer(RunDir(str(out)), trainer.model, trainer.optimizer, keep=1), StopRequest())
+        trainer.fit(Checkpointer(LocalRunDir(str(out)), trainer.model, trainer.optimizer, keep=1), StopRequest())
         test = trainer.evaluate("test", collect=True)
         return trainer, test
     finally:

@@ -10,14 +10,14 @@ def test_two_epochs_and_three_splits_trace_each_function_once(tmp_path):
     from trainer.checkpoint import Checkpointer
     from trainer.data import load_dataset
     from trainer.devices import make_runtime
-    from trainer.storage import RunDir
+    from trainer.storage import LocalRunDir
     from trainer.train import StopRequest, Trainer
 
     # batch 100: every split ends in a partial batch of another shape
     cfg = load_config({"data": "builtin:digits", "output": str(tmp_path), "model": "seed_cnn",
                        "epochs": 2, "batch_size": 100, "image_size": 16, "steps_per_execution": 4})
     trainer = Trainer(cfg, make_runtime(cfg), load_dataset(cfg, None))
-    trainer.fit(Checkpointer(RunDir(str(tmp_path)), trainer.model, trainer.optimizer, keep=1), StopRequest())
+    trainer.fit(Checkpointer(LocalRunDir(str(tmp_path)), trainer.model, trainer.optimizer, keep=1), StopRequest())
     trainer.evaluate("test", collect=True)
     trainer.evaluate("train")
     assert trainer._train_chunk.experimental_get_tracing_count() == 1

@@ -41,9 +41,9 @@ def _trainer(cfg):
 
 def _checkpointer(trainer, out: Path):
     from trainer.checkpoint import Checkpointer
-    from trainer.storage import RunDir
+    from trainer.storage import LocalRunDir
 
-    return Checkpointer(RunDir(str(out)), trainer.model, trainer.optimizer, keep=2)
+    return Checkpointer(LocalRunDir(str(out)), trainer.model, trainer.optimizer, keep=2)
 
 
 @pytest.mark.parametrize("model", ["seed_cnn", "resnet_small"])
@@ -105,13 +105,13 @@ from trainer.data import load_dataset
 from trainer.devices import make_runtime
 from trainer.train import Trainer, StopRequest
 from trainer.checkpoint import Checkpointer
-from trainer.storage import RunDir
+from trainer.storage import LocalRunDir
 replicas, per_replica, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 cfg = load_config({"data": "builtin:digits", "output": out, "model": "seed_cnn", "epochs": 2,
                    "batch_size": per_replica, "cpu_replicas": replicas, "steps_per_execution": 4})
 rt = make_runtime(cfg)
 t = Trainer(cfg, rt, load_dataset(cfg, None))
-res = t.fit(Checkpointer(RunDir(out), t.model, t.optimizer, keep=1), StopRequest())
+res = t.fit(Checkpointer(LocalRunDir(out), t.model, t.optimizer, keep=1), StopRequest())
 print(json.dumps({"replicas": rt.replicas, "strategy": type(rt.strategy).__name__,
                   "global_batch": t.global_batch, "loss": res.history["loss"]}))
 """

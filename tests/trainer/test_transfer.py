@@ -18,13 +18,13 @@ def _fit(values: dict, data_root: Path | None = None):
     from trainer.checkpoint import Checkpointer
     from trainer.data import load_dataset
     from trainer.devices import make_runtime
-    from trainer.storage import RunDir
+    from trainer.storage import LocalRunDir
     from trainer.train import StopRequest, Trainer
 
     cfg = load_config({"model": BACKBONE, "image_size": SIZE, "batch_size": 32, "steps_per_execution": 8,
                        **values})
     trainer = Trainer(cfg, make_runtime(cfg), load_dataset(cfg, data_root))
-    trainer.fit(Checkpointer(RunDir(cfg.output), trainer.model, trainer.optimizer, keep=1), StopRequest())
+    trainer.fit(Checkpointer(LocalRunDir(cfg.output), trainer.model, trainer.optimizer, keep=1), StopRequest())
     return trainer
 
 

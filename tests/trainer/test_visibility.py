@@ -71,10 +71,10 @@ def test_preempted_then_resumed_run_keeps_events_progress_and_cost(tmp_path):
 
 def test_step_scalars_are_written_at_most_once_a_second_and_at_each_epoch_end(tmp_path):
     from trainer.observer import STEP_EVERY_SECONDS, RunObserver
-    from trainer.storage import RunDir
+    from trainer.storage import LocalRunDir
 
     t = [0.0]
-    obs = RunObserver(RunDir(str(tmp_path)), epochs=2, steps_per_epoch=100, global_batch=10,
+    obs = RunObserver(LocalRunDir(str(tmp_path)), epochs=2, steps_per_epoch=100, global_batch=10,
                       learning_rate=lambda: 0.5, clock=lambda: t[0])
     for epoch in range(2):
         for step in range(10, 101, 10):  # 10 chunks of 10 steps, 0.25 s each

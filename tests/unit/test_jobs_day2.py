@@ -197,10 +197,10 @@ def test_eta():
 
 
 def test_progress_record_counts_attempts_and_keeps_the_start(tmp_path):
-    from trainer.storage import RunDir
+    from trainer.storage import LocalRunDir
 
     t = [100.0]
-    rd = RunDir(str(tmp_path))
+    rd = LocalRunDir(str(tmp_path))
     first = progress.ProgressRecord(rd, 5, 10, clock=lambda: t[0])
     first.update(force=True)
     t[0] += 60
@@ -210,7 +210,7 @@ def test_progress_record_counts_attempts_and_keeps_the_start(tmp_path):
     assert second.record["started"] == first.record["started"]
     t[0] += 30
     assert second.wall_seconds() == pytest.approx(90)
-    off = progress.ProgressRecord(RunDir(str(tmp_path / "worker1")), 5, 10, enabled=False)
+    off = progress.ProgressRecord(LocalRunDir(str(tmp_path / "worker1")), 5, 10, enabled=False)
     off.update(force=True)
     assert not (tmp_path / "worker1" / progress.FILE).exists()
 

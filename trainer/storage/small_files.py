@@ -3,11 +3,11 @@ run directories without being the run: ``python -m jobs status`` reads a run's
 ``progress.json``, ``python -m jobs runs`` lists the runs under a parent and writes its
 ``index.html``.
 
-Like ``trainer.storage`` this is a place that knows the schemes; the rest of the code calls
+Part of ``trainer.storage``, the one package that knows the schemes; the rest of the code calls
 ``read_text`` / ``write_bytes`` / ``child_dirs`` / ``join`` with whatever URI it was given.
-Remote calls go through the same client and error translation as the trainer's
-(``trainer.gcs``): a missing object is ``None``, a missing bucket or bad credentials are one
-line (``ConfigError``/``StorageError``).
+Remote calls go through the same client and error translation as the trainer's (``gcs.py``,
+imported on first remote use): a missing object is ``None``, a missing bucket or bad
+credentials are one line (``ConfigError``/``StorageError``).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from trainer.storage import is_remote
+from trainer.storage.uri import is_remote, parse_uri
 
 
 def join(uri: str, *parts: str) -> str:
@@ -30,15 +30,13 @@ def read_text(uri: str) -> str | None:
             return Path(uri).expanduser().read_text()
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             return None
-    from google.api_core import exceptions as api_exceptions
+    from trainer.storage import gcs  # lazy: the cloud client
 
-    from trainer import gcs
-
-    bucket, name = gcs.parse_uri(uri)
-    with gcs._errors(f"reading {uri}"):
+    bucket, name = parse_uri(uri)
+    with gcs.errors(f"reading {uri}"):
         try:
             return gcs.client().bucket(bucket).blob(name).download_as_text(retry=gcs.RETRY)
-        except api_exceptions.NotFound:
+        except gcs.NotFound:
             return None
 
 
@@ -51,10 +49,10 @@ def write_bytes(uri: str, data: bytes, content_type: str = "application/octet-st
         tmp.write_bytes(data)
         os.replace(tmp, path)
         return
-    from trainer import gcs
+    from trainer.storage import gcs  # lazy: the cloud client
 
-    bucket, name = gcs.parse_uri(uri)
-    with gcs._errors(f"writing {uri}"):
+    bucket, name = parse_uri(uri)
+    with gcs.errors(f"writing {uri}"):
         gcs.client().bucket(bucket).blob(name).upload_from_string(
             data, content_type=content_type, retry=gcs.RETRY)
 
@@ -67,10 +65,10 @@ def child_dirs(uri: str) -> list[str]:
         if not root.is_dir():
             return []
         return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    from trainer import gcs
+    from trainer.storage import gcs  # lazy: the cloud client
 
-    bucket, prefix = gcs.parse_uri(uri)
-    with gcs._errors(f"listing {uri}"):
+    bucket, prefix = parse_uri(uri)
+    with gcs.errors(f"listing {uri}"):
         blobs = gcs.client().list_blobs(bucket, prefix=f"{prefix}/" if prefix else "", delimiter="/",
                                         retry=gcs.RETRY)
         for _ in blobs.pages:  # prefixes fill in as the pages are read
