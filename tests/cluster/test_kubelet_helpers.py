@@ -4,7 +4,7 @@ from pathlib import Path
 
 import controlplane
 import pytest
-from kubelet import expand_references, rewrite_paths
+from kubelet_volumes import expand_references, rewrite_paths
 
 MOUNTS = [("/var/run/kubetrain", Path("/tmp/pod/volumes/cfg")), ("/tmp", Path("/tmp/pod/tmp"))]
 
@@ -55,7 +55,7 @@ def test_decode_proc_net_addresses():
 
 
 def test_pod_addresses_map_to_loopback_ports():
-    from kubelet import map_pod_addresses
+    from kubelet_volumes import map_pod_addresses
 
     ports = {}
     port_of = lambda host, port: ports.setdefault((host, port), 40000 + len(ports))
