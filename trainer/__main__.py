@@ -155,6 +155,7 @@ def _train(argv: list[str]) -> int:
         sys.stdout.write(cfg.to_yaml())
         return errors.EXIT_OK
 
+    # Imported once the config is valid: --help and a bad config answer without loading them.
     from trainer import preemption, runlog
     from trainer.run import run
 

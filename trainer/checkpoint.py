@@ -15,7 +15,6 @@ import logging
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 from trainer.errors import ConfigError, DataError
 from trainer.quoting import brief
@@ -44,15 +43,19 @@ class Checkpointer:
     restore, so a run directory is never resumed by a different model or class list. A marker
     or checkpoint that cannot be read is a DataError and a checkpoint that does not fit the
     model a ConfigError: a retry cannot fix either, so neither may exit 1.
+
+    ``is_chief=False`` on the other workers of a multi-worker run (``run.py`` passes
+    ``runtime.is_chief``): such a worker restores from the chief's checkpoints but writes
+    nothing to the run directory; its ``save`` only returns the name the chief writes under.
     """
 
     def __init__(self, run_dir: RunDir, model, optimizer, keep: int, is_chief: bool = True,
                  meta: dict | None = None):
-        import tensorflow as tf
+        import tensorflow as tf  # lazy, like every TensorFlow import: `jobs` and --help stay light
 
         self.run_dir = run_dir
         self.keep = keep
-        self.is_chief = is_chief  # multi-worker: only the chief writes to the run directory
+        self.is_chief = is_chief
         self.meta = dict(meta or {})
         self.local_dir = run_dir.local / "checkpoints"
         if is_chief:
@@ -144,9 +147,3 @@ class Checkpointer:
         for old in [n for n in names if n != keep_name][: max(0, len(names) - self.keep)]:
             for f in self.local_dir.glob(old + ".*"):
                 self.run_dir.remove(f"checkpoints/{f.name}")
-
-
-def read_marker(run_root: Path) -> dict | None:
-    """The marker of a local run directory, or None (for tools and tests)."""
-    path = run_root / MARKER
-    return json.loads(path.read_text()) if path.exists() else None

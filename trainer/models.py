@@ -11,6 +11,8 @@ them itself (``Rescaling(1/255)``), so the exported model needs no separate prep
 
 from __future__ import annotations
 
+from trainer.errors import ConfigError
+
 MIN_IMAGE_SIZE = {"seed_cnn": 14, "resnet_small": 16}
 
 
@@ -82,8 +84,6 @@ def build_model(name: str, image_size: int, num_classes: int, weights_path: str 
     ``weights_path``: initial weights (trainer/weights.py resolved them): the backbone's for a
     keras.applications backbone (trainer/backbones.py), the whole model's otherwise.
     """
-    from trainer.errors import ConfigError
-
     if name not in BUILDERS:
         from trainer import backbones
 

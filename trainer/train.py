@@ -36,6 +36,7 @@ from trainer.devices import Runtime
 from trainer.errors import Diverged, PeerLost, Preempted
 from trainer.evaluation import Evaluator, eval_global_batch, examples, padded_batches
 from trainer.models import build_model
+from trainer.observer import NullObserver
 from trainer.pacing import MULTI_WORKER_STEPS, Pacer
 
 log = logging.getLogger(__name__)
@@ -121,6 +122,7 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, runtime: Runtime, dataset: data_lib.Dataset, cache_dir=None,
                  init_weights=None):
+        import keras  # lazy, like every TensorFlow import: `jobs` and --help stay light
 
         if init_weights is None:  # trainer/weights.py: none, ImageNet or a file, as a local path
             from trainer import weights
@@ -129,8 +131,8 @@ class Trainer:
         self.init_weights = init_weights
 
         self.cfg = cfg
-        self.rt = runtime
-        self.ds = dataset
+        self.runtime = runtime
+        self.dataset = dataset
         self.global_batch = cfg.batch_size * runtime.replicas
         self.steps_per_epoch = data_lib.steps_per_epoch(dataset.train, self.global_batch)
         self.sources = {
@@ -138,8 +140,6 @@ class Trainer:
             for name in ("train", "val", "test")
         }
         strategy = runtime.strategy
-        import keras
-
         keras.utils.set_random_seed(cfg.seed)  # same initial weights for the same seed
         with strategy.scope():
             self.model = build_model(cfg.model, cfg.image_size, dataset.num_classes, init_weights.path)
@@ -162,7 +162,7 @@ class Trainer:
         import tensorflow as tf
 
         model, optimizer, loss_fn = self.model, self.optimizer, self.loss_fn
-        strategy, global_batch = self.rt.strategy, float(self.global_batch)
+        strategy, global_batch = self.runtime.strategy, float(self.global_batch)
         compute_dtype = model.compute_dtype
 
         def step(images, labels, stop_flag):
@@ -180,7 +180,7 @@ class Trainer:
             count = tf.cast(tf.shape(labels)[0], tf.float32)
             return tf.stack([tf.reduce_sum(per_example), correct, count, stop_flag])
 
-        step = tf.function(step, jit_compile=self.rt.jit_compile) if self.rt.jit_compile else step
+        step = tf.function(step, jit_compile=self.runtime.jit_compile) if self.runtime.jit_compile else step
 
         @tf.function
         def train_chunk(iterator, num_steps, stop_flag):
@@ -202,9 +202,9 @@ class Trainer:
         With ``collect``, also the labels and probabilities of the whole split (in the split's
         order) and its first 64 images for the predictions grid.
         """
-        global_batch = eval_global_batch(self.cfg.batch_size, self.rt.replicas)
+        global_batch = eval_global_batch(self.cfg.batch_size, self.runtime.replicas)
         source = examples(self.sources[split], self.cfg.image_size)
-        batches, steps = padded_batches(source, len(getattr(self.ds, split)), global_batch)
+        batches, steps = padded_batches(source, len(getattr(self.dataset, split)), global_batch)
         out = self._evaluator.run(batches, steps, collect)
         if collect:
             first = [x for x, _ in source.take(64).batch(64)]
@@ -213,7 +213,7 @@ class Trainer:
 
     def eval_batches(self, split: str):
         """A split's batches for evaluation: in order, not augmented."""
-        return data_lib.make_batches(self.sources[split], len(getattr(self.ds, split)), self.cfg,
+        return data_lib.make_batches(self.sources[split], len(getattr(self.dataset, split)), self.cfg,
                                      max(self.global_batch, 256), training=False)
 
     def _current_lr(self) -> float:
@@ -236,9 +236,7 @@ class Trainer:
         chunk and per epoch: progress record and TensorBoard events."""
         import tensorflow as tf
 
-        from trainer.observer import NullObserver
-
-        cfg, strategy = self.cfg, self.rt.strategy
+        cfg, strategy = self.cfg, self.runtime.strategy
         observer = observer or NullObserver()
         pos = checkpointer.restore() or Position()
         resumed_from = (pos.epoch, pos.step) if (pos.epoch or pos.step) else None
@@ -255,10 +253,10 @@ class Trainer:
             totals = np.array([pos.partial.get(k, 0.0) for k in ("loss_sum", "correct", "count")]
                               if skip else [0.0, 0.0, 0.0])
             batches = data_lib.make_batches(
-                self.sources["train"], len(self.ds.train), cfg, self.global_batch,
+                self.sources["train"], len(self.dataset.train), cfg, self.global_batch,
                 training=True, epoch=epoch, skip_batches=skip,
             )
-            if self.rt.workers > 1:
+            if self.runtime.workers > 1:
                 batches = multiworker.shard_by_data(batches)
             iterator = iter(strategy.experimental_distribute_dataset(batches))
             t0, step = time.monotonic(), skip
@@ -279,14 +277,14 @@ class Trainer:
                                    "lower the learning rate")
                 progress.update(epoch + 1, cfg.epochs, step, self.steps_per_epoch, totals[0] / max(1, totals[2]))
                 observer.chunk(epoch, step, n, chunk)
-                if self.rt.workers == 1:
+                if self.runtime.workers == 1:
                     stopping = bool(stop)
                 if stopping and step < self.steps_per_epoch:
                     progress.clear()
                     partial = dict(zip(("loss_sum", "correct", "count"), map(float, totals)))
                     name = checkpointer.save(Position(epoch, step, history, partial))
                     where = f"at epoch {epoch + 1}, step {step}/{self.steps_per_epoch}"
-                    if self.rt.workers > 1:
+                    if self.runtime.workers > 1:
                         with multiworker.graph_call("stopping together"):
                             multiworker.barrier(strategy)  # everyone leaves after the save
                         if not stop:

@@ -66,12 +66,15 @@ def parallel(
             raise
 
 
-def size_text(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+def size_text(n: float) -> str:
+    """``812 B``, ``3.4 MB``, ``1200.0 GB`` (decimal units, GB at most)."""
+    if n < 1000:
+        return f"{n:.0f} B"
+    for unit in ("KB", "MB"):
         n /= 1000
-    return f"{n:.1f} GB"  # unreachable
+        if n < 1000:
+            return f"{n:.1f} {unit}"
+    return f"{n / 1000:.1f} GB"
 
 
 def download(blob: storage.Blob, dest: Path) -> int:
