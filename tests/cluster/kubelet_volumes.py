@@ -112,18 +112,12 @@ class PodSetup:
             return self.field(source.field_ref.field_path)
         if source.config_map_key_ref:
             ref = source.config_map_key_ref
-            data = (self._config_map(ref.name, ref.optional).data or {})
-            if ref.key not in data and not ref.optional:
-                raise PodFailed("CreateContainerConfigError",
-                                f"env {name}: key {ref.key} not in ConfigMap {ref.name}")
-            return data.get(ref.key)
+            data = self._config_map(ref.name, ref.optional).data
+            return _key_value(name, "ConfigMap", data, ref, lambda value: value)
         if source.secret_key_ref:
             ref = source.secret_key_ref
-            data = (self._secret(ref.name, ref.optional).data or {})
-            if ref.key not in data and not ref.optional:
-                raise PodFailed("CreateContainerConfigError",
-                                f"env {name}: key {ref.key} not in Secret {ref.name}")
-            return base64.b64decode(data[ref.key]).decode() if ref.key in data else None
+            data = self._secret(ref.name, ref.optional).data
+            return _key_value(name, "Secret", data, ref, lambda value: base64.b64decode(value).decode())
         if source.resource_field_ref:
             ref = source.resource_field_ref
             resources = container.resources
@@ -151,21 +145,21 @@ class PodSetup:
         raise PodFailed("CreateContainerConfigError", f"unsupported fieldRef {path}")
 
     def _config_map(self, name: str, optional: bool | None):
-        try:
-            return self.core.read_namespaced_config_map(name, self.pod.metadata.namespace)
-        except ApiException as exc:
-            if exc.status == 404 and optional:
-                return client.V1ConfigMap(data={})
-            raise PodFailed("CreateContainerConfigError",
-                            f"ConfigMap {name}: {exc.reason}") from None
+        return self._read("ConfigMap", self.core.read_namespaced_config_map, client.V1ConfigMap,
+                          name, optional)
 
     def _secret(self, name: str, optional: bool | None):
+        return self._read("Secret", self.core.read_namespaced_secret, client.V1Secret, name,
+                          optional)
+
+    def _read(self, kind: str, read, empty, name: str, optional: bool | None):
+        """A ConfigMap or Secret of the pod's namespace; an empty one if missing and optional."""
         try:
-            return self.core.read_namespaced_secret(name, self.pod.metadata.namespace)
+            return read(name, self.pod.metadata.namespace)
         except ApiException as exc:
             if exc.status == 404 and optional:
-                return client.V1Secret(data={})
-            raise PodFailed("CreateContainerConfigError", f"Secret {name}: {exc.reason}") from None
+                return empty(data={})
+            raise PodFailed("CreateContainerConfigError", f"{kind} {name}: {exc.reason}") from None
 
     def volumes(self) -> dict[str, Path]:
         volumes: dict[str, Path] = {}
@@ -257,6 +251,16 @@ class PodSetup:
                     local.mkdir(parents=True)
             mounts.append((mount.mount_path.rstrip("/") or "/", local))
         return sorted(mounts, key=lambda m: len(m[0]), reverse=True)
+
+
+def _key_value(env_name: str, kind: str, data: dict | None, ref, decode) -> str | None:
+    """The value of ``ref.key`` in a ConfigMap's or Secret's ``data``; None when absent and
+    optional, PodFailed when absent and required."""
+    data = data or {}
+    if ref.key not in data and not ref.optional:
+        raise PodFailed("CreateContainerConfigError",
+                        f"env {env_name}: key {ref.key} not in {kind} {ref.name}")
+    return decode(data[ref.key]) if ref.key in data else None
 
 
 def _config_map_files(cm) -> dict[str, bytes]:
