@@ -58,6 +58,10 @@ test-services: ## build the test control plane from Go modules when Go is here, 
 lint: $(STAMP) ## ruff on the Python code
 	$(VENV)/bin/ruff check trainer jobs tests
 
+.PHONY: bench-accuracy
+bench-accuracy: $(STAMP) ## old vs new (data-fitting) defaults on generated glyphs and photos, same epochs (~20 min; --quick ~3)
+	$(PY) -m bench.accuracy $(BENCH_ARGS)
+
 .PHONY: bench-gcs
 bench-gcs: $(STAMP) ## benchmark parallel vs sequential download of 1,000 small objects from the GCS emulator (~4 min)
 	$(PY) -m bench.gcs_download
