@@ -200,20 +200,29 @@ def run_trainer(spec: dict) -> dict:
 
     data_lib.make_batches = make_batches
     trainer = Trainer(cfg, runtime, ds, cache_dir=None)
-    real_chunk = trainer._train_chunk
+    real_make_chunk = trainer._make_train_chunk
 
-    def chunk(iterator, num_steps, *args):
-        clock.first_call()
-        result = real_chunk(iterator, num_steps, *args)
-        clock.tick()
-        return result
+    def make_chunk():  # fit() builds the step again at each phase (head, fine-tune) it enters
+        real_chunk = real_make_chunk()
 
-    trainer._train_chunk = chunk
+        def chunk(iterator, num_steps, *args):
+            clock.first_call()
+            result = real_chunk(iterator, num_steps, *args)
+            clock.tick()
+            return result
+
+        return chunk
+
+    trainer._make_train_chunk = make_chunk
+    trainer._train_chunk = make_chunk()
     stop = StopRequest()
 
     class ProbingCheckpointer:
         def __init__(self, inner):
             self.inner = inner
+
+        def __getattr__(self, name):  # run_dir, is_chief, ...: the real checkpointer's
+            return getattr(self.inner, name)
 
         def restore(self):
             return self.inner.restore()

@@ -30,9 +30,10 @@ def promotion_section(metrics: Mapping[str, Any]) -> str:
     p = metrics.get("promotion")
     if not p:
         return ""
-    verdict = "promoted" if p["promote"] else "not promoted: the served model stays"
-    head = (f"<h2>vs the served model</h2>\n<p><b>{_esc(verdict)}</b> ({_esc(p['target'])}): "
-            f"{_esc(p['reason'])}.</p>")
+    verdict = "promoted" if p.get("promote") else "not promoted: the served model stays"
+    target = f" ({_esc(p['target'])})" if p.get("target") else ""
+    head = (f"<h2>vs the served model</h2>\n<p><b>{_esc(verdict)}</b>{target}: "
+            f"{_esc(p.get('reason', ''))}.</p>")
     comparison = p.get("comparison") or {}
     if not comparison:
         return head
