@@ -150,6 +150,7 @@ def _trainer_setup(spec: dict):
     import keras
 
     from trainer import data as data_lib
+    from trainer import pipeline
     from trainer.config import load_config
     from trainer.devices import make_runtime
 
@@ -160,14 +161,14 @@ def _trainer_setup(spec: dict):
     if spec.get("tf_data_autotune"):  # what make_batches did before it turned autotuning off
         import tensorflow as tf
 
-        real_make_batches = data_lib.make_batches
+        real_make_batches = pipeline.make_batches
 
         def make_batches(*args, **kwargs):
             options = tf.data.Options()
             options.autotune.enabled = True
             return real_make_batches(*args, **kwargs).with_options(options)
 
-        data_lib.make_batches = make_batches
+        pipeline.make_batches = make_batches
     runtime = make_runtime(cfg)
     keras.utils.set_random_seed(spec.get("seed", 0))
     ds = data_lib.load_dataset(cfg, None)
@@ -179,7 +180,7 @@ def _trainer_setup(spec: dict):
 
 
 def run_trainer(spec: dict) -> dict:
-    from trainer import data as data_lib
+    from trainer import pipeline
     from trainer.checkpoint import Checkpointer
     from trainer.errors import Preempted
     from trainer.storage import LocalRunDir
@@ -191,14 +192,14 @@ def run_trainer(spec: dict) -> dict:
     # Hooks around the real loop, no change to it: an epoch starts when fit() asks for its
     # training batches, each call into the graph ticks the clock, and the epoch-boundary
     # checkpoint closes the epoch and runs the test probe.
-    real_make_batches = data_lib.make_batches
+    real_make_batches = pipeline.make_batches
 
     def make_batches(*args, training, **kwargs):
         if training:
             clock.begin()
         return real_make_batches(*args, training=training, **kwargs)
 
-    data_lib.make_batches = make_batches
+    pipeline.make_batches = make_batches
     trainer = Trainer(cfg, runtime, ds, cache_dir=None)
     real_make_chunk = trainer._make_train_chunk
 
@@ -254,7 +255,7 @@ def run_trainer(spec: dict) -> dict:
 def run_pipeline(spec: dict) -> dict:
     import tensorflow as tf
 
-    from trainer import data as data_lib
+    from trainer import pipeline
     from trainer.train import Trainer
 
     cfg, runtime, ds, _ = _trainer_setup(spec)
@@ -278,7 +279,7 @@ def run_pipeline(spec: dict) -> dict:
     counter = iter(range(10**6))
 
     def real():
-        return data_lib.make_batches(trainer.sources["train"], len(ds.train), cfg, trainer.global_batch,
+        return pipeline.make_batches(trainer.sources["train"], len(ds.train), cfg, trainer.global_batch,
                                      training=True, epoch=next(counter))
 
     cached = real().cache()

@@ -161,6 +161,7 @@ def child_pipeline(data: str, image_size: int, threads: int, augment: str) -> No
     import tensorflow as tf
 
     from trainer import data as data_lib
+    from trainer import pipeline
     from trainer.config import load_config
 
     values = {"data": data, "output": "/tmp/unused", "image_size": image_size}
@@ -168,7 +169,7 @@ def child_pipeline(data: str, image_size: int, threads: int, augment: str) -> No
         values["augment"] = {"rotation": 0, "shift": 0, "zoom": 0, "flip": "none"}
     cfg = load_config(values)
     ds = data_lib.open_dataset(cfg, Path(os.environ["KUBETRAIN_SCRATCH"]))
-    batches = data_lib.make_batches(data_lib.make_source(ds.train, cfg), len(ds.train), cfg, 64, training=True)
+    batches = pipeline.make_batches(pipeline.make_source(ds.train, cfg), len(ds.train), cfg, 64, training=True)
     if threads:
         options = tf.data.Options()
         options.threading.private_threadpool_size = threads

@@ -260,7 +260,7 @@ def _remove_orphans(root: Path) -> None:
 
 
 class PackedSource:
-    """One split of a packed dataset, streamed (what ``data.make_source`` returns for it).
+    """One split of a packed dataset, streamed (what ``pipeline.make_source`` returns for it).
 
     ``worker_index``/``num_workers``: the multi-worker hook; each worker reads a disjoint set
     of shards per epoch (every ``num_workers``-th of the epoch's shard order).

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from trainer import data as data_lib
-from trainer import multiworker, schedule
+from trainer import multiworker, pipeline, schedule
 from trainer.best import BestWeights
 from trainer.checkpoint import Checkpointer, Position
 from trainer.config import TrainConfig
@@ -134,9 +134,9 @@ class Trainer:
         self.runtime = runtime
         self.dataset = dataset
         self.global_batch = cfg.batch_size * runtime.replicas
-        self.steps_per_epoch = data_lib.steps_per_epoch(dataset.train, self.global_batch)
+        self.steps_per_epoch = pipeline.steps_per_epoch(dataset.train, self.global_batch)
         self.sources = {
-            name: data_lib.make_source(getattr(dataset, name), cfg, cache_dir)
+            name: pipeline.make_source(getattr(dataset, name), cfg, cache_dir)
             for name in ("train", "val", "test")
         }
         strategy = runtime.strategy
@@ -213,7 +213,7 @@ class Trainer:
 
     def eval_batches(self, split: str):
         """A split's batches for evaluation: in order, not augmented."""
-        return data_lib.make_batches(self.sources[split], len(getattr(self.dataset, split)), self.cfg,
+        return pipeline.make_batches(self.sources[split], len(getattr(self.dataset, split)), self.cfg,
                                      max(self.global_batch, 256), training=False)
 
     def _current_lr(self) -> float:
@@ -252,7 +252,7 @@ class Trainer:
             self._enter_phase(epoch)
             totals = np.array([pos.partial.get(k, 0.0) for k in ("loss_sum", "correct", "count")]
                               if skip else [0.0, 0.0, 0.0])
-            batches = data_lib.make_batches(
+            batches = pipeline.make_batches(
                 self.sources["train"], len(self.dataset.train), cfg, self.global_batch,
                 training=True, epoch=epoch, skip_batches=skip,
             )

@@ -12,9 +12,10 @@ import pytest
 
 from trainer import packed
 from trainer.config import load_config
-from trainer.data import make_batches, make_source, open_dataset, split_files
+from trainer.data import open_dataset, split_files
 from trainer.errors import ConfigError, DataError
 from trainer.pack import PackOptions, pack
+from trainer.pipeline import make_batches, make_source
 from trainer.shard_fetcher import file_sha256
 from trainer.storage import Store
 
