@@ -243,7 +243,7 @@ def _submit(args: argparse.Namespace, cluster, spec, ns: str) -> int:
 
 
 def _status(args: argparse.Namespace, cluster, ns: str) -> int:
-    from jobs import follow, status
+    from jobs import describe, status
 
     if args.output in ("json", "yaml"):
         sys.stdout.write(output.dump(status.status_object(cluster, ns, args.name), args.output))
@@ -252,7 +252,7 @@ def _status(args: argparse.Namespace, cluster, ns: str) -> int:
         obj = status.status_object(cluster, ns, args.name)
         print(output.resource_name({"kind": obj["kind"], "metadata": {"name": obj["name"]}}))
         return EXIT_OK
-    print(follow.status_text(cluster, ns, args.name))
+    print(describe.status_text(cluster, ns, args.name))
     for line in status.progress_lines(status.status_object(cluster, ns, args.name)):
         print(line)
     return EXIT_OK
@@ -292,7 +292,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "runs":
         return _runs(args)
 
-    from jobs import follow
+    from jobs import follow, logs
     from jobs.cluster import connect
 
     spec = _spec(args) if args.command == "submit" else None
@@ -319,7 +319,7 @@ def _run(args: argparse.Namespace) -> int:
         return _list(args, cluster, ns)
     if args.command == "logs":
         name = follow.resolve_job(cluster, ns, args.name)
-        for line in follow.stream_logs(cluster, ns, name, follow=args.follow, all_pods=args.all_pods,
+        for line in logs.stream_logs(cluster, ns, name, follow=args.follow, all_pods=args.all_pods,
                                        report=err, tail_lines=args.tail, since_seconds=args.since,
                                        timestamps=args.timestamps, worker=args.worker,
                                        all_workers=args.all_workers):

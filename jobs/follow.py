@@ -1,8 +1,9 @@
-"""Following a Job: its state, its pods' problems, waiting for it, its logs, and listings.
+"""Following a Job: its state, its pods' problems, and waiting for it.
 
 The pure part reads API objects (plain dicts): ``job_state``, ``pod_problem``,
-``explain_failure``. The loops (``wait``, ``stream_logs``) receive a ``Cluster`` and wait by
-watch, in windows of a few seconds re-checked against a deadline, never by sleeping.
+``explain_failure``. The loop (``wait``) receives a ``Cluster`` and waits by watch, in windows
+of a few seconds re-checked against a deadline, never by sleeping. Its logs are ``jobs.logs``;
+the ``jobs status`` text is ``jobs.describe``; both read Jobs through the helpers here.
 
 A multi-worker Job (``workers`` > 1, an Indexed Job) has one pod per worker index at a time;
 ``worker_phases`` gives each index's newest pod, ``status``/``wait`` show them, and ``logs``
@@ -12,14 +13,12 @@ follows worker 0 unless asked for another worker or all of them.
 from __future__ import annotations
 
 import datetime as dt
-import queue
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from jobs.cluster import Cluster, Gone, NotFound
-from jobs.render import CONTAINER, JOB_NAME_LABEL, MANAGED_BY
+from jobs.render import CONTAINER, JOB_NAME_LABEL
 from jobs.workers import COMPLETION_INDEX_ANNOTATION
 from trainer.errors import exit_code
 
@@ -293,213 +292,3 @@ def progress_line(name: str, state: JobState, pods: list[dict]) -> str:
             parts.append(f"(attempt {len(pods)})")
     return " ".join(parts)
 
-
-# ----------------------------------------------------------------------------- logs
-
-
-def stream_logs(cluster: Cluster, namespace: str, name: str, *, follow: bool, all_pods: bool,
-                report: Callable[[str], None] = lambda line: None,
-                window_seconds: float = WINDOW_SECONDS, tail_lines: int | None = None,
-                since_seconds: float | None = None, timestamps: bool = False,
-                worker: int | None = None, all_workers: bool = False) -> Iterator[str]:
-    """The trainer's log lines. Without ``follow``: the newest pod's (every pod's with
-    ``all_pods``). With ``follow``: from the newest pod on, moving to each retry's new pod,
-    until the Job finishes. ``tail_lines``/``since_seconds``/``timestamps``: kubectl's
-    --tail/--since/--timestamps, per pod.
-
-    A multi-worker Job: worker 0's pods unless ``worker`` names another; ``all_workers``
-    interleaves every worker's lines, each prefixed with ``[worker K]``."""
-    opts = {"tail_lines": tail_lines, "since_seconds": since_seconds, "timestamps": timestamps}
-    if all_workers:
-        yield from _all_workers(cluster, namespace, name, follow=follow, all_pods=all_pods,
-                                report=report, window_seconds=window_seconds, **opts)
-        return
-    pods = _pods_of(cluster, namespace, name, worker)
-    if not follow:
-        chosen = pods if all_pods else pods[-1:]
-        if not chosen:
-            state = job_state(cluster.get("Job", namespace, name))
-            raise NotFound(f"job {name} has no pods yet ({state.phase}); try: python -m jobs logs "
-                           f"{name} -n {namespace} -f")
-        for pod in chosen:
-            if len(chosen) > 1:
-                yield f"==> pod {pod['metadata']['name']} <=="
-            yield from cluster.logs(namespace, pod["metadata"]["name"], CONTAINER, **opts)
-        return
-
-    done: set[str] = set() if all_pods else {p["metadata"]["name"] for p in pods[:-1]}
-    reported: set[tuple[str, str]] = set()
-    while True:
-        job = cluster.get("Job", namespace, name)
-        pods = _pods_of(cluster, namespace, name, worker)
-        todo = [p for p in pods if p["metadata"]["name"] not in done]
-        if not todo:
-            state = job_state(job)
-            if state.done:
-                report(f"job {name}: {state.phase}" + (f" ({state.reason})" if state.reason else ""))
-                return
-            _watch_window(cluster, "Job", namespace, job, name, window_seconds)
-            continue
-        pod = todo[0]
-        pod_name = pod["metadata"]["name"]
-        phase = (pod.get("status") or {}).get("phase", "Pending")
-        if phase == "Pending":
-            problem = pod_problem(pod)
-            if problem and (pod_name, problem[0]) not in reported:
-                reported.add((pod_name, problem[0]))
-                report(f"pod {pod_name} {problem[0]}: {problem[1]}")
-            if (pod.get("metadata") or {}).get("deletionTimestamp"):
-                done.add(pod_name)
-            else:
-                _watch_window(cluster, "Pod", namespace, pod, pod_name, window_seconds)
-            continue
-        report(f"==> pod {pod_name} ({phase}) <==")
-        yield from cluster.logs(namespace, pod_name, CONTAINER, follow=True, **opts)
-        done.add(pod_name)
-        try:
-            pod = cluster.get("Pod", namespace, pod_name)
-        except NotFound:
-            continue
-        summary = exit_summary(pod)
-        if summary:
-            report(f"pod {pod_name}: {summary}")
-
-
-def _pods_of(cluster: Cluster, namespace: str, name: str, worker: int | None) -> list[dict]:
-    """The Job's pods, oldest first; of one worker (default 0) when the Job is multi-worker."""
-    pods = sorted_pods(cluster.list("Pod", namespace, pod_selector(name))["items"])
-    if any(worker_index(p) is not None for p in pods):
-        return [p for p in pods if worker_index(p) == (worker or 0)]
-    if worker:
-        raise NotFound(f"job {name} has no worker {worker} (it is not a multi-worker job, or its "
-                       "pods are not created yet)")
-    return pods
-
-
-def _all_workers(cluster: Cluster, namespace: str, name: str, *, follow: bool, all_pods: bool,
-                 report: Callable[[str], None], window_seconds: float, **opts) -> Iterator[str]:
-    """Every worker's log lines prefixed ``[worker K]``; with ``follow``, one stream per worker."""
-    job = cluster.get("Job", namespace, name)
-    count = int((job.get("spec") or {}).get("completions") or 1)
-    if not follow:
-        for k in range(count):
-            for line in stream_logs(cluster, namespace, name, follow=False, all_pods=all_pods,
-                                    worker=k, **opts):
-                yield f"[worker {k}] {line}"
-        return
-    lines: queue.Queue = queue.Queue()
-
-    def pump(k: int) -> None:
-        try:
-            for line in stream_logs(cluster, namespace, name, follow=True, all_pods=all_pods,
-                                    report=lambda text: lines.put(("report", f"[worker {k}] {text}")),
-                                    window_seconds=window_seconds, worker=k, **opts):
-                lines.put(("line", f"[worker {k}] {line}"))
-        except Exception as exc:  # noqa: BLE001 (shown, and the other workers go on)
-            lines.put(("report", f"[worker {k}] {exc}"))
-        finally:
-            lines.put(("done", k))
-
-    for k in range(count):
-        threading.Thread(target=pump, args=(k,), daemon=True, name=f"logs-worker-{k}").start()
-    running = count
-    while running:
-        kind, item = lines.get()
-        if kind == "done":
-            running -= 1
-        elif kind == "report":
-            report(item)
-        else:
-            yield item
-
-
-def _watch_window(cluster: Cluster, kind: str, namespace: str, obj: dict, name: str,
-                  window_seconds: float) -> None:
-    """Block until ``obj`` changes or ``window_seconds`` pass."""
-    try:
-        for _ in cluster.watch(kind, namespace, name=name,
-                               resource_version=obj["metadata"].get("resourceVersion", ""),
-                               timeout_seconds=window_seconds):
-            return
-    except Gone:
-        return
-
-
-# ----------------------------------------------------------------------------- status, list
-
-
-def status_text(cluster: Cluster, namespace: str, name: str) -> str:
-    """A few lines on the Job or CronJob ``name`` and its pods or runs."""
-    try:
-        job = cluster.get("Job", namespace, name)
-    except NotFound:
-        job = None
-    if job is not None:
-        state = job_state(job)
-        st = job.get("status") or {}
-        lines = [f"job {name} (namespace {namespace}): {state.phase}"
-                 + (f" - {state.reason}" if state.reason else "")
-                 + (f": {state.message}" if state.message else ""),
-                 (f"  created {age(job['metadata'].get('creationTimestamp'))} ago; "
-                  f"pods active {st.get('active', 0)}, succeeded {st.get('succeeded', 0)}, "
-                  f"failed {st.get('failed', 0)} (backoffLimit {job['spec'].get('backoffLimit')})")]
-        args = job["spec"]["template"]["spec"]["containers"][0].get("args") or []
-        if "--output" in args:
-            # a CronJob's run: the kubelet expands $(KUBETRAIN_JOB_NAME) to the Job's name
-            output = args[args.index("--output") + 1].replace("$(KUBETRAIN_JOB_NAME)", name)
-            lines.append(f"  output {output}")
-        pods = sorted_pods(cluster.list("Pod", namespace, pod_selector(name))["items"])
-        phases = worker_phases(pods)
-        if phases:
-            lines.append(f"  {len(phases)} of {job['spec'].get('completions')} {_workers_text(phases)}"
-                         f" (service {job['spec']['template']['spec'].get('subdomain', '-')})")
-        for pod in pods:
-            phase = (pod.get("status") or {}).get("phase", "Pending")
-            problem = pod_problem(pod)
-            detail = exit_summary(pod) or (f"{problem[0]}: {problem[1]}" if problem else "")
-            node = (pod.get("spec") or {}).get("nodeName")
-            index = worker_index(pod)
-            lines.append(f"  pod {pod['metadata']['name']}"
-                         + (f"  worker {index}" if index is not None else "")
-                         + f"  {phase}  {age(pod['metadata'].get('creationTimestamp'))}"
-                         + (f"  node {node}" if node else "") + (f"  {detail}" if detail else ""))
-        if state.phase == "Failed":
-            lines.append(explain_failure(job, pods))
-        return "\n".join(lines)
-    try:
-        cron = cluster.get("CronJob", namespace, name)
-    except NotFound:
-        raise NotFound(f"no job or cronjob named {name!r} in namespace {namespace!r} "
-                       f"(python -m jobs list -n {namespace})") from None
-    spec, st = cron["spec"], cron.get("status") or {}
-    lines = [f"cronjob {name} (namespace {namespace}): schedule {spec['schedule']!r} "
-             f"({spec.get('timeZone', 'controller local time')})"
-             + (", suspended" if spec.get("suspend") else ""),
-             (f"  last run {_ago(st.get('lastScheduleTime'))}, last success "
-              f"{_ago(st.get('lastSuccessfulTime'))}, active {len(st.get('active') or [])}")]
-    for run in _cron_runs(cluster, namespace, cron):
-        lines.append(f"  run {run['metadata']['name']}  {job_state(run).phase}  "
-                     f"{age(run['metadata'].get('creationTimestamp'))}")
-    return "\n".join(lines)
-
-
-def list_rows(cluster: Cluster, namespace: str) -> list[list[str]]:
-    """[KIND, NAME, STATE, AGE, SCHEDULE] for everything kubetrain made in ``namespace``."""
-    selector = ",".join(f"{k}={v}" for k, v in MANAGED_BY.items())
-    rows = [["KIND", "NAME", "STATE", "AGE", "SCHEDULE"]]
-    for cron in cluster.list("CronJob", namespace, selector)["items"]:
-        spec = cron["spec"]
-        state = "Suspended" if spec.get("suspend") else f"Active {len((cron.get('status') or {}).get('active') or [])}"
-        rows.append(["cronjob", cron["metadata"]["name"], state, age(cron["metadata"].get("creationTimestamp")),
-                     f"{spec['schedule']} ({spec.get('timeZone', '-')})"])
-    for job in sorted_pods(cluster.list("Job", namespace, selector)["items"]):
-        owner = next((o["name"] for o in job["metadata"].get("ownerReferences") or []
-                      if o.get("kind") == "CronJob"), "")
-        rows.append(["job", job["metadata"]["name"], job_state(job).phase,
-                     age(job["metadata"].get("creationTimestamp")), f"(run of {owner})" if owner else "-"])
-    return rows
-
-
-def format_table(rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("   ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs import follow, render
+from jobs import describe, follow, logs, render
 from jobs.cluster import Conflict, NotFound
 from jobs.spec import parse_spec
 from jobs.submit import delete, submit
@@ -355,7 +355,7 @@ def test_logs_follow_moves_to_the_retry_pod():
                                            c.job(conditions=[("Complete", "", "")]))}
     c.steps = [lambda c: c.pod("digits-b", phase="Running")]
     reports = []
-    lines = list(follow.stream_logs(c, NS, "digits", follow=True, all_pods=False, report=reports.append))
+    lines = list(logs.stream_logs(c, NS, "digits", follow=True, all_pods=False, report=reports.append))
     assert lines == ["epoch 1/3", "SIGTERM: checkpoint saved", "resumed at epoch 2"]
     assert reports == [
         "==> pod digits-a (Running) <==",
@@ -373,12 +373,12 @@ def test_logs_without_follow():
     c.seconds += 60
     c.pod("digits-b", phase="Succeeded")
     c.logs_of = {"digits-a": ["a"], "digits-b": ["b"]}
-    assert list(follow.stream_logs(c, NS, "digits", follow=False, all_pods=False)) == ["b"]
-    assert list(follow.stream_logs(c, NS, "digits", follow=False, all_pods=True)) == [
+    assert list(logs.stream_logs(c, NS, "digits", follow=False, all_pods=False)) == ["b"]
+    assert list(logs.stream_logs(c, NS, "digits", follow=False, all_pods=True)) == [
         "==> pod digits-a <==", "a", "==> pod digits-b <==", "b"]
     c.objects = {k: v for k, v in c.objects.items() if k[0] != "Pod"}
     with pytest.raises(NotFound, match="has no pods yet"):
-        list(follow.stream_logs(c, NS, "digits", follow=False, all_pods=False))
+        list(logs.stream_logs(c, NS, "digits", follow=False, all_pods=False))
 
 
 # ----------------------------------------------------------------------------- status, list
@@ -400,10 +400,10 @@ def test_cron_job_names_resolve_to_their_newest_run():
     assert follow.resolve_job(c, NS, "nightly-0") == "nightly-0"
     with pytest.raises(NotFound, match="no job or cronjob named 'nope'"):
         follow.resolve_job(c, NS, "nope")
-    text = follow.status_text(c, NS, "nightly")
+    text = describe.status_text(c, NS, "nightly")
     assert text.startswith("cronjob nightly (namespace ml): schedule '@daily' (Etc/UTC)")
     assert "run nightly-1  Succeeded" in text
-    rows = follow.list_rows(c, NS)
+    rows = describe.list_rows(c, NS)
     assert rows[0] == ["KIND", "NAME", "STATE", "AGE", "SCHEDULE"]
     assert ["cronjob", "nightly"] == rows[1][:2]
     assert rows[-1][:3] == ["job", "nightly-1", "Succeeded"] and rows[-1][4] == "(run of nightly)"
@@ -414,7 +414,7 @@ def test_status_of_a_job_lists_its_pods_and_why_it_failed():
     c.job(conditions=[("Failed", "BackoffLimitExceeded", "Job has reached the specified backoff limit")],
           failed=4)
     c.pod("digits-a", phase="Failed", **terminated(1, "Traceback ...\nZeroDivisionError"))
-    text = follow.status_text(c, NS, "digits")
+    text = describe.status_text(c, NS, "digits")
     assert "job digits (namespace ml): Failed - BackoffLimitExceeded" in text
     assert "output gs://b/runs/digits" in text
     assert "pod digits-a  Failed" in text and "exit 1 (unexpected error" in text

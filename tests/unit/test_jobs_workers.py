@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from jobs import follow, render, workers
+from jobs import describe, follow, logs, render, workers
 from jobs.spec import SpecError, parse_spec
 from jobs.submit import delete, submit
 from tests.unit.test_jobs_follow import NS, SPEC, FakeCluster, terminated
@@ -125,7 +125,7 @@ def test_status_and_progress_show_each_worker():
     assert follow.worker_phases(pods) == {0: "Running", 1: "Pending", 2: "Running"}
     line = follow.progress_line("digits-mw", follow.job_state(c.get("Job", NS, "digits-mw")), pods)
     assert line == "job digits-mw: Running - workers 0 Running, 1 Pending, 2 Running (1 pod(s) replaced)"
-    text = follow.status_text(c, NS, "digits-mw")
+    text = describe.status_text(c, NS, "digits-mw")
     assert "3 of 3 workers 0 Running, 1 Pending, 2 Running (service digits-mw)" in text
     assert "pod digits-mw-1-a  worker 1  Failed" in text
     assert "exit 75 (multi-worker: another worker died or hangs" in text
@@ -137,11 +137,11 @@ def test_logs_pick_worker_zero_by_default_one_worker_or_all():
     for i in range(3):
         _worker_pod(c, f"digits-mw-{i}-a", i, phase="Succeeded")
     c.logs_of = {f"digits-mw-{i}-a": [f"line of {i}"] for i in range(3)}
-    logs = lambda **kw: list(follow.stream_logs(c, NS, "digits-mw", follow=False, all_pods=False, **kw))
-    assert logs() == ["line of 0"]
-    assert logs(worker=2) == ["line of 2"]
-    assert logs(all_workers=True) == ["[worker 0] line of 0", "[worker 1] line of 1", "[worker 2] line of 2"]
-    following = list(follow.stream_logs(c, NS, "digits-mw", follow=True, all_pods=False, all_workers=True))
+    read = lambda **kw: list(logs.stream_logs(c, NS, "digits-mw", follow=False, all_pods=False, **kw))
+    assert read() == ["line of 0"]
+    assert read(worker=2) == ["line of 2"]
+    assert read(all_workers=True) == ["[worker 0] line of 0", "[worker 1] line of 1", "[worker 2] line of 2"]
+    following = list(logs.stream_logs(c, NS, "digits-mw", follow=True, all_pods=False, all_workers=True))
     assert sorted(following) == ["[worker 0] line of 0", "[worker 1] line of 1", "[worker 2] line of 2"]
 
 
@@ -150,4 +150,4 @@ def test_worker_k_of_a_single_pod_job_is_an_error():
     c.job(conditions=[("Complete", "", "")])
     c.pod("digits-a", phase="Succeeded")
     with pytest.raises(Exception, match="has no worker 1"):
-        list(follow.stream_logs(c, NS, "digits", follow=False, all_pods=False, worker=1))
+        list(logs.stream_logs(c, NS, "digits", follow=False, all_pods=False, worker=1))
