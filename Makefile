@@ -62,6 +62,10 @@ lint: $(STAMP) ## ruff on the Python code
 bench-accuracy: $(STAMP) ## old vs new (data-fitting) defaults on generated glyphs and photos, same epochs (~20 min; --quick ~3)
 	$(PY) -m bench.accuracy $(BENCH_ARGS)
 
+.PHONY: bench-backbones
+bench-backbones: $(STAMP) ## images/s of each backbone at its default size, head phase vs full fine-tune (~4 min)
+	$(PY) -m bench.backbones $(BENCH_ARGS)
+
 .PHONY: bench-gcs
 bench-gcs: $(STAMP) ## benchmark parallel vs sequential download of 1,000 small objects from the GCS emulator (~4 min)
 	$(PY) -m bench.gcs_download
