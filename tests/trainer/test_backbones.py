@@ -66,7 +66,7 @@ def test_each_backbone_trains_saves_and_reloads(tiny_folder, tmp_path, name):
     assert np.isfinite(result.history["loss"][0])
     trainer.model.save(tmp_path / "model.keras")
     reloaded = keras.saving.load_model(tmp_path / "model.keras")
-    pixels = trainer.ds.test.images[:4]  # raw uint8 pixels: preprocessing is inside the model
+    pixels = trainer.dataset.test.images[:4]  # raw uint8 pixels: preprocessing is inside the model
     np.testing.assert_allclose(reloaded.predict(pixels, verbose=0),
                                trainer.model.predict(pixels, verbose=0), rtol=1e-4, atol=1e-5)
     assert reloaded.layers[-1].dtype_policy.name == "float32"
@@ -80,10 +80,10 @@ def test_backbone_model_exports_for_serving(tiny_folder, tmp_path):
 
     cfg = _cfg(tiny_folder, tmp_path / "out", model="mobilenetv3small")
     trainer = _trainer(cfg)
-    export_model(trainer.model, list(trainer.ds.class_names), SIZE, cfg.model, tmp_path / "model")
+    export_model(trainer.model, list(trainer.dataset.class_names), SIZE, cfg.model, tmp_path / "model")
     reloaded, classes, size = load_for_prediction(tmp_path / "model")
     assert size == SIZE and classes == ["class0", "class1", "class2"]
-    pixels = trainer.ds.test.images[:4]
+    pixels = trainer.dataset.test.images[:4]
     expected = trainer.model.predict(pixels, verbose=0)
     np.testing.assert_allclose(reloaded.predict(pixels, verbose=0), expected, rtol=1e-4, atol=1e-5)
     served = tf.saved_model.load(str(tmp_path / "model" / "saved_model"))
