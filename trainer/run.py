@@ -117,9 +117,9 @@ def run(cfg: TrainConfig, stop: PhasedStop) -> dict:
         reports.close()
 
 
+# Over 60 lines: data -> build -> fit -> evaluate share a dozen objects and two early returns
+# (non-chief workers); the phase order with stop.enter/phases.lap reads best in one place.
 def _run(cfg: TrainConfig, stop, phases: Phases, reports: ReportWorker) -> dict:
-    from trainer.report import METRICS_FILE, write_report
-
     wall_start = time.monotonic()
     scratch = scratch_dir()
     cluster = multiworker.from_environment()
@@ -180,7 +180,29 @@ def _run(cfg: TrainConfig, stop, phases: Phases, reports: ReportWorker) -> dict:
         log.info("worker %d done: test accuracy %.4f; worker 0 writes the report and model",
                  runtime.worker_index, test["accuracy"])
         return {"test_accuracy": test["accuracy"]}
-    metrics_args = {
+    metrics_args = _metrics_args(cfg, dataset, runtime, trainer, init_weights, result, test, observer,
+                                 save_timer, run_log, wall_start)
+    decision = None
+    if cfg.promote_to:
+        from trainer import promote
+
+        stop.enter("promotion check")
+        decision = promote.decide(
+            cfg, scratch / "promote", dataset, test["labels"], test["probs"].argmax(-1),
+            lambda current: promote.predictions_of(current, trainer.eval_batches("test")))
+        metrics_args["extra"]["promotion"] = decision.to_dict()
+        log.info("promotion to %s: %s (%s)", cfg.promote_to, "yes" if decision.promote else "no", decision.reason)
+
+    phases.lap("evaluate")
+
+    return _report_export_promote(cfg, stop, phases, reports, run_dir, scratch, dataset, test, result,
+                                  observer, metrics_args, decision)
+
+
+def _metrics_args(cfg: TrainConfig, dataset, runtime, trainer, init_weights, result, test: dict,
+                  observer: RunObserver, save_timer: SaveTimer, run_log, wall_start: float) -> dict:
+    """The facts ``trainer.report.metrics`` turns into metrics.json (chief only, after evaluation)."""
+    return {
         "class_names": list(dataset.class_names),
         "y_true": test["labels"],
         "y_pred": test["probs"].argmax(-1),
@@ -214,18 +236,13 @@ def _run(cfg: TrainConfig, stop, phases: Phases, reports: ReportWorker) -> dict:
             "log": run_log.rel,
         },
     }
-    decision = None
-    if cfg.promote_to:
-        from trainer import promote
 
-        stop.enter("promotion check")
-        decision = promote.decide(
-            cfg, scratch / "promote", dataset, test["labels"], test["probs"].argmax(-1),
-            lambda current: promote.predictions_of(current, trainer.eval_batches("test")))
-        metrics_args["extra"]["promotion"] = decision.to_dict()
-        log.info("promotion to %s: %s (%s)", cfg.promote_to, "yes" if decision.promote else "no", decision.reason)
 
-    phases.lap("evaluate")
+def _report_export_promote(cfg: TrainConfig, stop, phases: Phases, reports: ReportWorker,
+                           run_dir: RunDir, scratch: Path, dataset, test: dict, result,
+                           observer: RunObserver, metrics_args: dict, decision) -> dict:
+    """Report (in the worker process) and export (here) at once, publish both, then promote."""
+    from trainer.report import METRICS_FILE, write_report
 
     shown = len(test["images"])  # the first test images, in order, for the predictions grid
     report_args = {"images": test["images"], "probs": test["probs"][:shown],
