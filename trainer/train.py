@@ -231,6 +231,8 @@ class Trainer:
         trainable, total = schedule.trainable_summary(self.model)
         log.info("%s (%d of %d parameters train)", phase.describe(), trainable, total)
 
+    # Over 60 lines: the epoch loop's resume position, stop checks and chunk pacing share state;
+    # split apart (not done in #14: no time to test it) they would need a mutable loop object.
     def fit(self, checkpointer: Checkpointer, stop: StopRequest, observer=None) -> FitResult:
         """Train the remaining epochs. ``observer`` (``trainer.observer``) gets a call per
         chunk and per epoch: progress record and TensorBoard events."""
