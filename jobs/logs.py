@@ -24,6 +24,8 @@ from jobs.follow import (
 from jobs.render import CONTAINER
 
 
+# Over 60 lines on purpose: one loop that follows a Job across its retries' pods; split, the
+# hand-over between pods (the part that loses lines when wrong) would be spread over functions.
 def stream_logs(cluster: Cluster, namespace: str, name: str, *, follow: bool, all_pods: bool,
                 report: Callable[[str], None] = lambda line: None,
                 window_seconds: float = WINDOW_SECONDS, tail_lines: int | None = None,

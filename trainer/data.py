@@ -11,7 +11,8 @@ Images are decoded once, in parallel, resized to ``image_size`` and kept in memo
 when they fit (``cache: auto``); a corrupt or unreadable file is skipped and counted, and the
 run fails past ``max_bad_image_fraction``. Normalization (``/255``) happens inside the model, so
 the exported model takes raw pixels. Larger datasets are streamed from disk by ``tf.data``
-(``trainer.pipeline``).
+(``trainer.pipeline``). Reading image files is ``trainer.images``; the built-in data is
+``trainer.builtin``.
 """
 
 from __future__ import annotations
@@ -20,15 +21,15 @@ import contextlib
 import hashlib
 import logging
 import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from trainer.builtin import digits_arrays, resize_gray
 from trainer.config import TrainConfig
 from trainer.errors import DataError
+from trainer.images import Skips, decode_all, verify_all
 
 log = logging.getLogger(__name__)
 
@@ -65,61 +66,6 @@ class Dataset:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
-
-
-# ---------------------------------------------------------------------------------------------
-# Built-in data
-
-
-def _digits_arrays() -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
-    """scikit-learn's digits as uint8 [N, 8, 8] (0..255), labels and class names.
-
-    Read straight from the CSV file scikit-learn ships (what ``load_digits`` parses): importing
-    ``sklearn.datasets`` costs ~1 s of start-up, the file ~0.05 s.
-    """
-    import gzip
-    import importlib.util
-
-    spec = importlib.util.find_spec("sklearn")  # locates the package without importing it
-    csv = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / "digits.csv.gz"
-    if csv.is_file():
-        with gzip.open(csv, "rt") as f:
-            data = np.loadtxt(f, delimiter=",")
-        flat, target = data[:, :-1], data[:, -1].astype(np.int32)
-        raw, names = flat.reshape(-1, 8, 8), tuple(str(c) for c in range(10))
-    else:  # another scikit-learn layout: its loader
-        from sklearn.datasets import load_digits
-
-        bunch = load_digits()
-        raw, target = bunch.images, bunch.target.astype(np.int32)
-        names = tuple(str(c) for c in bunch.target_names)
-    images = np.round(raw * (255.0 / 16.0)).astype(np.uint8)
-    return images, target, names
-
-
-def _resize_gray(images: np.ndarray, size: int) -> np.ndarray:
-    """[N, h, w] uint8 grayscale -> [N, size, size, 3] uint8 (bilinear, channels repeated)."""
-    from PIL import Image
-
-    out = np.empty((len(images), size, size, 3), np.uint8)
-    for i, img in enumerate(images):
-        resized = np.asarray(Image.fromarray(img, mode="L").resize((size, size), Image.BILINEAR))
-        out[i] = resized[:, :, None]
-    return out
-
-
-def export_builtin(name: str, dest: Path) -> int:
-    """Write a built-in dataset as PNG files in class folders under ``dest``; returns the count."""
-    from PIL import Image
-
-    if name != "digits":
-        raise DataError(f"unknown built-in dataset {name!r}; available: digits")
-    images, labels, class_names = _digits_arrays()
-    for cls in class_names:
-        (dest / cls).mkdir(parents=True, exist_ok=True)
-    for i, (img, label) in enumerate(zip(images, labels)):
-        Image.fromarray(img, mode="L").save(dest / class_names[label] / f"{i:05d}.png")
-    return len(images)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -273,111 +219,6 @@ def discover(root: Path) -> tuple[tuple[str, ...], dict[str, tuple[list[Path], n
     return class_names, found
 
 
-def _parallel_map(fn, items: list) -> list:
-    """``[fn(x) for x in items]`` on a thread pool (image I/O and PIL decoding release the GIL).
-
-    On an exception (SIGTERM arrives as one) the queued items are cancelled, not worked off.
-    """
-    from trainer import preemption
-
-    pool = ThreadPoolExecutor(max_workers=min(32, (os.cpu_count() or 1) * 4))
-    try:  # once a stop is requested the rest is skipped, and Preempted raised right after
-        out = list(pool.map(lambda item: None if preemption.requested() else fn(item), items))
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-    preemption.check()
-    return out
-
-
-# Pillow may open only the formats the docs list, whatever a file's extension says.
-PIL_FORMATS = ("JPEG", "PNG", "BMP", "GIF")
-MAX_WARNINGS = 10  # per-image skip warnings logged per dataset; the rest are only counted
-
-
-class _Skips:
-    """Counts skipped images by reason; logs the first few, then one summary line."""
-
-    def __init__(self) -> None:
-        self.reasons: dict[str, int] = {}
-        self._lock = threading.Lock()
-
-    def add(self, path: Path, reason: str, detail: str) -> None:
-        with self._lock:
-            self.reasons[reason] = self.reasons.get(reason, 0) + 1
-            first = sum(self.reasons.values()) <= MAX_WARNINGS
-        if first:
-            log.warning("skipping image %s: %s", path, detail)
-
-    def summary(self) -> str:
-        return ", ".join(f"{n} {reason}" for reason, n in sorted(self.reasons.items()))
-
-
-def _open_checked(path: Path, max_pixels: int, skips: _Skips):
-    """Open ``path`` reading only its header; None (and counted) if unsupported or too large."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        img = Image.open(path, formats=PIL_FORMATS)
-    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
-        skips.add(path, "unreadable or not JPEG/PNG/BMP/GIF", str(exc))
-        return None
-    width, height = img.size
-    if width * height > max_pixels:
-        img.close()
-        skips.add(path, f"larger than max_image_pixels={max_pixels}",
-                  f"{width}x{height} pixels exceeds max_image_pixels={max_pixels}")
-        return None
-    return img
-
-
-def _decode_one(path: Path, size: int, max_pixels: int, skips: _Skips) -> np.ndarray | None:
-    """Decode and resize one image to [size, size, 3] uint8; None if it cannot be read."""
-    from PIL import Image, UnidentifiedImageError
-
-    img = _open_checked(path, max_pixels, skips)
-    if img is None:
-        return None
-    try:
-        with img:
-            img.draft("RGB", (size, size))  # JPEG: decode at reduced scale when much larger
-            rgb = img.convert("RGB").resize((size, size), Image.BILINEAR)
-            return np.asarray(rgb, np.uint8)
-    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
-        skips.add(path, "unreadable or not JPEG/PNG/BMP/GIF", str(exc))
-        return None
-
-
-def _decode_all(files: list[Path], labels: np.ndarray, size: int, max_pixels: int,
-                skips: _Skips) -> tuple[np.ndarray, list[int]]:
-    """Decode in a thread pool (PIL releases the GIL); returns images and the indices kept."""
-    decoded = _parallel_map(lambda p: _decode_one(p, size, max_pixels, skips), files)
-    ok = [i for i, img in enumerate(decoded) if img is not None]
-    images = np.stack([decoded[i] for i in ok]) if ok else np.zeros((0, size, size, 3), np.uint8)
-    return images, ok
-
-
-def _verify_one(path: Path, max_pixels: int, skips: _Skips) -> bool:
-    from PIL import Image, UnidentifiedImageError
-
-    img = _open_checked(path, max_pixels, skips)
-    if img is None:
-        return False
-    try:
-        with img:
-            img.verify()
-        return True
-    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
-        skips.add(path, "unreadable or not JPEG/PNG/BMP/GIF", str(exc))
-        return False
-
-
-def _verify_all(files: list[Path], max_pixels: int, skips: _Skips) -> list[int]:
-    """Check every file's header and structure without a full decode (the streaming path);
-    returns the indices of the good ones."""
-    good = _parallel_map(lambda p: _verify_one(p, max_pixels, skips), files)
-    return [i for i, g in enumerate(good) if g]
-
-
 CGROUP_LIMIT_FILES = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
 
 
@@ -430,12 +271,12 @@ def load_directory(root: Path, cfg: TrainConfig) -> Dataset:
     in_memory = cfg.cache == "memory" or (cfg.cache == "auto" and _fits_in_memory(total_files, size))
     splits: dict[str, Split] = {}
     skipped = 0
-    skips = _Skips()
+    skips = Skips()
     for split, (files, labels) in found.items():
         if in_memory:
-            images, ok = _decode_all(files, labels, size, cfg.max_image_pixels, skips)
+            images, ok = decode_all(files, labels, size, cfg.max_image_pixels, skips)
         else:
-            images, ok = None, _verify_all(files, cfg.max_image_pixels, skips)
+            images, ok = None, verify_all(files, cfg.max_image_pixels, skips)
         skipped += len(files) - len(ok)
         splits[split] = Split(labels=labels[ok], images=images,
                               paths=None if in_memory else tuple(str(files[i]) for i in ok),
@@ -463,8 +304,8 @@ def load_directory(root: Path, cfg: TrainConfig) -> Dataset:
 def load_builtin(name: str, cfg: TrainConfig) -> Dataset:
     if name != "digits":
         raise DataError(f"unknown built-in dataset {name!r}; available: digits")
-    raw, labels, class_names = _digits_arrays()
-    images = _resize_gray(raw, cfg.image_size)
+    raw, labels, class_names = digits_arrays()
+    images = resize_gray(raw, cfg.image_size)
     keys = [f"{class_names[label]}/{i:05d}.png" for i, label in enumerate(labels)]  # as exported
     idx = _carve(keys, labels, cfg, have_val=False, have_test=False)
     split = {k: Split(labels=labels[v], images=images[v], keys=tuple(keys[i] for i in v))

@@ -99,7 +99,7 @@ def _check_image(path: str) -> tuple[bytes, int] | None:
 
 def _source_root(src: str, scratch: Path, tmp: Path) -> Path:
     if src.startswith(BUILTIN_PREFIX):
-        from trainer.data import export_builtin
+        from trainer.builtin import export_builtin
 
         root = tmp / "builtin"
         count = export_builtin(src[len(BUILTIN_PREFIX):], root)

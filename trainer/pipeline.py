@@ -56,7 +56,7 @@ def make_source(split: Split, cfg: TrainConfig, cache_dir: Path | None = None):
         return tf.data.Dataset.from_tensor_slices((split.images, split.labels))
     ds = tf.data.Dataset.from_tensor_slices((list(split.paths), split.labels))
     ds = ds.map(_decode_tf(cfg.image_size), num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.ignore_errors(log_warning=True)  # bad files were dropped and counted by _verify_all
+    ds = ds.ignore_errors(log_warning=True)  # bad files were dropped and counted by trainer.images.verify_all
     if cfg.cache != "none":
         on_disk = cache_dir is not None and cfg.cache != "memory"
         ds = ds.cache(str(cache_dir / f"decoded-{len(split)}") if on_disk else "")

@@ -37,7 +37,7 @@ def write_png(path: Path, array: np.ndarray) -> None:
 @pytest.fixture(scope="session")
 def digits_folder(tmp_path_factory) -> Path:
     """builtin:digits written as PNG files in class folders: a real class-folder dataset."""
-    from trainer.data import export_builtin
+    from trainer.builtin import export_builtin
 
     root = tmp_path_factory.mktemp("digits-folder")
     assert export_builtin("digits", root) == 1797

@@ -181,11 +181,11 @@ def test_report_images_decode(finished_run):
 def test_exported_model_reloads_and_predicts_raw_images(finished_run, tmp_path):
     import tensorflow as tf
 
-    from trainer.data import _digits_arrays
+    from trainer.builtin import digits_arrays
     from trainer.export import load_for_prediction
 
     out, _ = finished_run
-    images, labels, _ = _digits_arrays()
+    images, labels, _ = digits_arrays()
     pngs = []
     for i in range(20):
         path = tmp_path / f"{i}.png"

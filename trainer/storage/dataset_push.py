@@ -42,7 +42,7 @@ def push_dataset(
     if workers < 1:
         raise ConfigError(f"data push: workers must be >= 1, got {workers}")
     if src.startswith(BUILTIN_PREFIX):
-        from trainer.data import export_builtin
+        from trainer.builtin import export_builtin
 
         with tempfile.TemporaryDirectory(prefix="kubetrain-push-") as tmp:
             count = export_builtin(src[len(BUILTIN_PREFIX):], Path(tmp))
