@@ -246,15 +246,16 @@ def _submit(args: argparse.Namespace, cluster, spec, ns: str) -> int:
 def _status(args: argparse.Namespace, cluster, ns: str) -> int:
     from jobs import describe, status
 
-    if args.output in ("json", "yaml"):
-        sys.stdout.write(output.dump(status.status_object(cluster, ns, args.name), args.output))
-        return EXIT_OK
+    found = status.lookup(cluster, ns, args.name)
     if args.output == "name":
-        obj = status.status_object(cluster, ns, args.name)
-        print(output.resource_name({"kind": obj["kind"], "metadata": {"name": obj["name"]}}))
+        print(output.resource_name({"kind": found.kind, "metadata": found.obj["metadata"]}))
         return EXIT_OK
-    print(describe.status_text(cluster, ns, args.name))
-    for line in status.progress_lines(status.status_object(cluster, ns, args.name)):
+    obj = status.status_object(found)
+    if args.output in ("json", "yaml"):
+        sys.stdout.write(output.dump(obj, args.output))
+        return EXIT_OK
+    print(describe.status_text(found))
+    for line in status.progress_lines(obj):
         print(line)
     return EXIT_OK
 

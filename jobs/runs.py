@@ -13,7 +13,6 @@ from __future__ import annotations
 import datetime as dt
 import html
 import io
-import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -50,20 +49,10 @@ class Run:
         return asdict(self)
 
 
-def _json(text: str | None) -> dict | None:
-    if not text:
-        return None
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return None
-    return value if isinstance(value, dict) else None
-
-
 def read_run(parent: str, name: str) -> Run | None:
     """The run in ``parent/name``, or None when it holds no trainer run."""
     uri = small_files.join(parent, name)
-    metrics = _json(small_files.read_text(small_files.join(uri, METRICS)))
+    metrics = small_files.json_object(small_files.read_text(small_files.join(uri, METRICS)))
     record = progress.parse(small_files.read_text(small_files.join(uri, progress.FILE)))
     if metrics is None and record is None:
         return None

@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 from jobs.cluster import Cluster, NotFound
 from jobs.follow import _cron_runs, age, job_state, pod_selector, sorted_pods
@@ -111,34 +112,52 @@ def job_summary(job: dict, with_progress: bool = True) -> dict:
     return out
 
 
-def status_object(cluster: Cluster, namespace: str, name: str) -> dict:
-    """The Job (with its pods and progress) or CronJob (with its runs' progress) ``name``."""
+@dataclass(frozen=True)
+class Found:
+    """What ``status`` looked up, read once: a Job with its pods, or a CronJob with its runs."""
+
+    kind: str  # "Job" or "CronJob"
+    obj: dict
+    pods: list[dict] = field(default_factory=list)
+    runs: list[dict] = field(default_factory=list)
+
+
+def lookup(cluster: Cluster, namespace: str, name: str) -> Found:
+    """The Job ``name`` and its pods, else the CronJob ``name`` and its runs; NotFound if neither."""
     try:
         job = cluster.get("Job", namespace, name)
     except NotFound:
         job = None
     if job is not None:
-        out = job_summary(job)
-        st = job.get("status") or {}
-        out.update(active=st.get("active", 0), succeeded=st.get("succeeded", 0),
-                   failed=st.get("failed", 0), suspended=bool(job["spec"].get("suspend")))
-        pods = sorted_pods(cluster.list("Pod", namespace, pod_selector(name))["items"])
-        out["pods"] = [{"name": p["metadata"]["name"],
-                        "phase": (p.get("status") or {}).get("phase", "Pending"),
-                        "node": (p.get("spec") or {}).get("nodeName")} for p in pods]
-        return out
+        return Found("Job", job, pods=sorted_pods(cluster.list("Pod", namespace, pod_selector(name))["items"]))
     try:
         cron = cluster.get("CronJob", namespace, name)
     except NotFound:
         raise NotFound(f"no job or cronjob named {name!r} in namespace {namespace!r} "
                        f"(python -m jobs list -n {namespace})") from None
+    return Found("CronJob", cron, runs=_cron_runs(cluster, namespace, cron))
+
+
+def status_object(found: Found) -> dict:
+    """The Job (with its pods and progress) or CronJob (with its runs' progress), as plain data."""
+    if found.kind == "Job":
+        job = found.obj
+        out = job_summary(job)
+        st = job.get("status") or {}
+        out.update(active=st.get("active", 0), succeeded=st.get("succeeded", 0),
+                   failed=st.get("failed", 0), suspended=bool(job["spec"].get("suspend")))
+        out["pods"] = [{"name": p["metadata"]["name"],
+                        "phase": (p.get("status") or {}).get("phase", "Pending"),
+                        "node": (p.get("spec") or {}).get("nodeName")} for p in found.pods]
+        return out
+    cron = found.obj
     spec, st = cron["spec"], cron.get("status") or {}
-    runs = _cron_runs(cluster, namespace, cron)
-    return {"kind": "CronJob", "name": name, "namespace": namespace,
+    return {"kind": "CronJob", "name": cron["metadata"]["name"],
+            "namespace": cron["metadata"].get("namespace", ""),
             "schedule": spec["schedule"], "timeZone": spec.get("timeZone"),
             "suspended": bool(spec.get("suspend")), "lastScheduleTime": st.get("lastScheduleTime"),
             "lastSuccessfulTime": st.get("lastSuccessfulTime"),
-            "runs": summaries(runs)}
+            "runs": summaries(found.runs)}
 
 
 def summaries(jobs: list[dict]) -> list[dict]:

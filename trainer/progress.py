@@ -39,13 +39,10 @@ def utc_now() -> str:
 
 def parse(text: str | None) -> dict | None:
     """A progress record from its JSON text; None for none or a torn/foreign file."""
-    if not text:
-        return None
-    try:
-        record = json.loads(text)
-    except ValueError:
-        return None
-    return record if isinstance(record, dict) and record.get("format") == FORMAT else None
+    from trainer.storage.small_files import json_object
+
+    record = json_object(text)
+    return record if record is not None and record.get("format") == FORMAT else None
 
 
 def eta_seconds(epoch: int, step: int, epochs: int, steps_per_epoch: int,

@@ -101,14 +101,14 @@ def _follow_progress(jobs: Launcher, name: str, timeout_seconds: float = 240):
     for the failure message). In-process, through the same code as `status -o json`
     (jobs.status.status_object), so a look takes milliseconds, not a process start."""
     from jobs.cluster import connect
-    from jobs.status import status_object
+    from jobs.status import lookup, status_object
 
     cluster = connect(str(jobs.kubeconfig))
     seen: list[int] = []
     looks = []
     deadline = time.monotonic() + timeout_seconds
     while time.monotonic() < deadline:
-        obj = status_object(cluster, jobs.namespace, name)
+        obj = status_object(lookup(cluster, jobs.namespace, name))
         record = obj.get("progress") or {}
         looks.append((obj["state"], record.get("state"), record.get("epoch"),
                       obj.get("progress_unavailable")))

@@ -4,6 +4,7 @@ status/list, and `jobs runs` with its index.html (on a fake Cluster and temporar
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 from pathlib import Path
@@ -176,11 +177,11 @@ def test_status_and_list_show_progress_from_the_run_directory(tmp_path):
     out = tmp_path / "runs" / "digits"
     spec = parse_spec({**SPEC, "train": {**SPEC["train"], "output": str(out)}})
     submit(c, spec, NS)
-    obj = status.status_object(c, NS, "digits")
+    obj = status.status_object(status.lookup(c, NS, "digits"))
     assert obj["progress"] is None and "no progress record yet" in obj["progress_unavailable"]
     out.mkdir(parents=True)
     (out / progress.FILE).write_text(json.dumps(_record()))
-    obj = status.status_object(c, NS, "digits")
+    obj = status.status_object(status.lookup(c, NS, "digits"))
     assert obj["output"] == str(out) and obj["progress"]["epoch"] == 3
     line = status.progress_lines(obj)[0]
     assert line.startswith("  progress: epoch 4/10, step 40/187, val accuracy 0.9312, 851 img/s, ETA 2m10s")
@@ -188,7 +189,30 @@ def test_status_and_list_show_progress_from_the_run_directory(tmp_path):
     assert table[0][-3:] == ["PROGRESS", "OUTPUT", "UPDATED"]
     assert table[1][5].startswith("epoch 4/10, step 40/187, val 0.9312")
     (out / progress.FILE).write_text(json.dumps(_record(state="finished", epoch=10, test_accuracy=0.987)))
-    assert "finished: test accuracy 0.9870" in status.progress_lines(status.status_object(c, NS, "digits"))[0]
+    assert "finished: test accuracy 0.9870" in status.progress_lines(status.status_object(status.lookup(c, NS, "digits")))[0]
+
+
+def test_status_reads_the_cluster_once_for_every_output_format(tmp_path, capsys):
+    """Text, json and name come from one lookup: the Job, then its pods, and nothing twice."""
+    c = FakeCluster()
+    out = tmp_path / "runs" / "digits"
+    out.mkdir(parents=True)
+    (out / progress.FILE).write_text(json.dumps(_record()))
+    submit(c, parse_spec({**SPEC, "train": {**SPEC["train"], "output": str(out)}}), NS)
+    reads = []
+    get, list_ = c.get, c.list
+    c.get = lambda kind, *a, **k: reads.append(("get", kind)) or get(kind, *a, **k)
+    c.list = lambda kind, *a, **k: reads.append(("list", kind)) or list_(kind, *a, **k)
+    shown = {}
+    for fmt in (None, "json", "name"):
+        reads.clear()
+        assert cli._status(argparse.Namespace(name="digits", output=fmt), c, NS) == 0
+        assert reads == [("get", "Job"), ("list", "Pod")], (fmt, reads)
+        shown[fmt] = capsys.readouterr().out
+    assert shown[None].startswith("job digits (namespace ml): ")
+    assert f"  output {out}\n" in shown[None] and "  progress: epoch 4/10, step 40/187" in shown[None]
+    assert json.loads(shown["json"])["progress"]["epoch"] == 3
+    assert shown["name"] == "job.batch/digits\n"
 
 
 def test_eta():

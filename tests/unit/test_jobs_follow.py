@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs import describe, follow, logs, render
+from jobs import describe, follow, listing, logs, render, status
 from jobs.cluster import Conflict, NotFound
 from jobs.spec import parse_spec
 from jobs.submit import delete, submit
@@ -400,11 +400,11 @@ def test_cron_job_names_resolve_to_their_newest_run():
     assert follow.resolve_job(c, NS, "nightly-0") == "nightly-0"
     with pytest.raises(NotFound, match="no job or cronjob named 'nope'"):
         follow.resolve_job(c, NS, "nope")
-    text = describe.status_text(c, NS, "nightly")
+    text = describe.status_text(status.lookup(c, NS, "nightly"))
     assert text.startswith("cronjob nightly (namespace ml): schedule '@daily' (Etc/UTC)")
     assert "run nightly-1  Succeeded" in text
-    rows = describe.list_rows(c, NS)
-    assert rows[0] == ["KIND", "NAME", "STATE", "AGE", "SCHEDULE"]
+    rows = listing.rows(listing.list_objects(c, NS))
+    assert rows[0] == ["KIND", "NAME", "STATE", "AGE", "SCHEDULE", "PROGRESS"]
     assert ["cronjob", "nightly"] == rows[1][:2]
     assert rows[-1][:3] == ["job", "nightly-1", "Succeeded"] and rows[-1][4] == "(run of nightly)"
 
@@ -414,7 +414,7 @@ def test_status_of_a_job_lists_its_pods_and_why_it_failed():
     c.job(conditions=[("Failed", "BackoffLimitExceeded", "Job has reached the specified backoff limit")],
           failed=4)
     c.pod("digits-a", phase="Failed", **terminated(1, "Traceback ...\nZeroDivisionError"))
-    text = describe.status_text(c, NS, "digits")
+    text = describe.status_text(status.lookup(c, NS, "digits"))
     assert "job digits (namespace ml): Failed - BackoffLimitExceeded" in text
     assert "output gs://b/runs/digits" in text
     assert "pod digits-a  Failed" in text and "exit 1 (unexpected error" in text

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from jobs import describe, follow, logs, render, workers
+from jobs import describe, follow, logs, render, status, workers
 from jobs.spec import SpecError, parse_spec
 from jobs.submit import delete, submit
 from tests.unit.test_jobs_follow import NS, SPEC, FakeCluster, terminated
@@ -125,7 +125,7 @@ def test_status_and_progress_show_each_worker():
     assert follow.worker_phases(pods) == {0: "Running", 1: "Pending", 2: "Running"}
     line = follow.progress_line("digits-mw", follow.job_state(c.get("Job", NS, "digits-mw")), pods)
     assert line == "job digits-mw: Running - workers 0 Running, 1 Pending, 2 Running (1 pod(s) replaced)"
-    text = describe.status_text(c, NS, "digits-mw")
+    text = describe.status_text(status.lookup(c, NS, "digits-mw"))
     assert "3 of 3 workers 0 Running, 1 Pending, 2 Running (service digits-mw)" in text
     assert "pod digits-mw-1-a  worker 1  Failed" in text
     assert "exit 75 (multi-worker: another worker died or hangs" in text

@@ -12,6 +12,7 @@ credentials are one line (``ConfigError``/``StorageError``).
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -21,6 +22,17 @@ from trainer.storage.uri import is_remote, parse_uri
 def join(uri: str, *parts: str) -> str:
     base = uri.rstrip("/") or uri
     return "/".join([base, *parts])
+
+
+def json_object(text: str | None) -> dict | None:
+    """The JSON object in ``text``; None for no text, a torn write or anything but an object."""
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def read_text(uri: str) -> str | None:
