@@ -21,7 +21,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,16 +30,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = ("one", "mirrored2", "mwms2")
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def _run(variant: str, out: Path, args: argparse.Namespace) -> dict:
@@ -53,11 +42,10 @@ def _run(variant: str, out: Path, args: argparse.Namespace) -> dict:
     elif variant == "mirrored2":
         commands = [(common + ["--batch-size", "64", "--cpu-replicas", "2"], env)]
     else:
-        workers = [f"127.0.0.1:{p}" for p in _free_ports(2)]
-        commands = [(common + ["--batch-size", "64"],
-                     {**env, "TF_CONFIG": json.dumps({"cluster": {"worker": workers},
-                                                      "task": {"type": "worker", "index": i}})})
-                    for i in range(2)]
+        from trainer.multiworker import on_this_machine
+
+        commands = [(common + ["--batch-size", "64"], {**env, "TF_CONFIG": worker.tf_config()})
+                    for worker in on_this_machine(2)]
     start = time.monotonic()
     procs = [subprocess.Popen(cmd, cwd=ROOT, env=e, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                               text=True) for cmd, e in commands]

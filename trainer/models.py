@@ -78,23 +78,35 @@ def resnet_small(image_size: int, num_classes: int, widths: tuple[int, ...] = (3
 BUILDERS = {"seed_cnn": seed_cnn, "resnet_small": resnet_small}
 
 
+def min_image_size(name: str) -> int:
+    if name in MIN_IMAGE_SIZE:
+        return MIN_IMAGE_SIZE[name]
+    from trainer.backbones import BACKBONES
+
+    return BACKBONES[name].min_size
+
+
 def build_model(name: str, image_size: int, num_classes: int, weights_path: str | None = None):
     """The named model; ``name`` was validated against ``trainer.config.MODELS``.
 
     ``weights_path``: initial weights (trainer/weights.py resolved them): the backbone's for a
-    keras.applications backbone (trainer/backbones.py), the whole model's otherwise.
+    keras.applications backbone (trainer/backbones.py), the whole model's otherwise. A file that
+    does not fit is a ConfigError naming it.
     """
-    if name not in BUILDERS:
+    if image_size < min_image_size(name):
+        raise ConfigError(f"model {name!r} needs image_size >= {min_image_size(name)}, got {image_size}")
+    if name in BUILDERS:
+        model = target = BUILDERS[name](image_size, num_classes)
+        what = "model"
+    else:
         from trainer import backbones
 
-        return backbones.build(name, image_size, num_classes, weights_path)
-    if image_size < MIN_IMAGE_SIZE[name]:
-        raise ConfigError(f"model {name!r} needs image_size >= {MIN_IMAGE_SIZE[name]}, got {image_size}")
-    model = BUILDERS[name](image_size, num_classes)
+        model = backbones.build(name, image_size, num_classes, pretrained=bool(weights_path))
+        target, what = backbones.backbone_of(model), "backbone"
     if weights_path:
         try:
-            model.load_weights(weights_path)
+            target.load_weights(weights_path)
         except Exception as exc:  # noqa: BLE001 (h5py, ValueError, KeyError: all mean "wrong file")
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-            raise ConfigError(f"weights file {weights_path} does not fit model {name!r}: {first}") from None
+            raise ConfigError(f"weights file {weights_path} does not fit {what} {name!r}: {first}") from None
     return model

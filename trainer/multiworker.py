@@ -77,6 +77,24 @@ class Cluster:
                            "task": {"type": "worker", "index": self.index}})
 
 
+def on_this_machine(num_workers: int) -> list[Cluster]:
+    """``num_workers`` workers on free ports of 127.0.0.1, one Cluster per worker (index order):
+    a multi-worker run on one machine, for tests, benchmarks and a laptop trial. Each worker
+    process gets its ``tf_config()`` as ``TF_CONFIG``. The ports are free when chosen; a process
+    that takes one in between makes the rendezvous fail with a clear error."""
+    import socket
+
+    socks = [socket.socket() for _ in range(num_workers)]
+    try:
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        workers = tuple(f"127.0.0.1:{sock.getsockname()[1]}" for sock in socks)
+    finally:
+        for sock in socks:
+            sock.close()
+    return [Cluster(workers, i) for i in range(num_workers)]
+
+
 def from_environment(env: dict[str, str] | None = None) -> Cluster | None:
     """The cluster from ``TF_CONFIG`` or ``KUBETRAIN_WORKERS`` + ``JOB_COMPLETION_INDEX``.
 

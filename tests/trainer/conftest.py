@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +27,29 @@ def run_trainer(args: list[str], tmp_path: Path, timeout: float = 300, env: dict
         [sys.executable, "-m", "trainer", *args], cwd=REPO, env=env, capture_output=True,
         text=True, timeout=timeout, check=False, **popen,
     )
+
+
+def preempt_trainer(args: list[str], tmp_path: Path, out: Path) -> str:
+    """Start ``python -m trainer ARGS``, SIGTERM it once its first checkpoint is saved, and
+    return its stderr after checking that it exited 143 (preempted). The run must save a
+    checkpoint: pass ``steps_per_execution=1`` and enough epochs that it is still training."""
+    from trainer.errors import EXIT_PREEMPTED
+
+    env = {**os.environ, "KUBETRAIN_SCRATCH": str(tmp_path / "scratch"), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    proc = subprocess.Popen([sys.executable, "-m", "trainer", *args], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    marker = out / "checkpoints" / "latest.json"
+    deadline = time.monotonic() + 240
+    while not marker.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    if not marker.exists():
+        proc.kill()
+        _, stderr = proc.communicate(timeout=60)
+        raise AssertionError(f"no checkpoint within the deadline (exit {proc.returncode}): {stderr[-3000:]}")
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == EXIT_PREEMPTED, stderr[-3000:]
+    return stderr
 
 
 def write_png(path: Path, array: np.ndarray) -> None:

@@ -121,6 +121,17 @@ def test_weights_file_loads_the_same_backbone_and_mismatch_is_a_config_error(tin
     with pytest.raises(ConfigError, match="does not fit backbone 'efficientnetv2b0'") as err:
         build_model("efficientnetv2b0", SIZE, 3, w.path)
     assert "\n" not in str(err.value)
+    # from scratch the moving statistics must keep up with a short run; pretrained keeps Keras'
+    assert _bn_momenta(first) == {0.9} and _bn_momenta(second) == {0.999}
+
+
+def _bn_momenta(model) -> set[float]:
+    import keras
+
+    from trainer.backbones import backbone_of
+
+    return {layer.momentum for layer in backbone_of(model).layers
+            if isinstance(layer, keras.layers.BatchNormalization)}
 
 
 def test_missing_weights_file_exits_2_in_one_line(tiny_folder, tmp_path):

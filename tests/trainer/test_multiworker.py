@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from trainer.errors import EXIT_PEER_LOST, ConfigError
-from trainer.multiworker import Cluster, from_environment
+from trainer.multiworker import Cluster, from_environment, on_this_machine
 
 from .conftest import REPO, run_trainer
 
@@ -36,21 +35,10 @@ EPOCHS = 12
 LOSS_RTOL = 1e-4
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
-def _start_workers(out: Path, tmp_path: Path, args: list[str], workers: list[str]) -> list[subprocess.Popen]:
+def _start_workers(out: Path, tmp_path: Path, args: list[str], workers: list[Cluster]) -> list[subprocess.Popen]:
     procs = []
-    for i in range(len(workers)):
-        tf_config = json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": i}})
-        env = {**os.environ, "TF_CONFIG": tf_config, "TF_CPP_MIN_LOG_LEVEL": "2",
+    for i, worker in enumerate(workers):
+        env = {**os.environ, "TF_CONFIG": worker.tf_config(), "TF_CPP_MIN_LOG_LEVEL": "2",
                "KUBETRAIN_SCRATCH": str(tmp_path / f"scratch-{i}")}
         log = open(tmp_path / f"worker-{i}.log", "a")  # noqa: SIM115 (closed with the process)
         procs.append(subprocess.Popen([sys.executable, "-m", "trainer", *COMMON, *args, "--output", str(out)],
@@ -114,7 +102,7 @@ def test_bad_cluster_is_a_config_error(env, message):
 @pytest.mark.slow
 def test_two_workers_train_like_one_with_the_same_global_batch(tmp_path):
     out = tmp_path / "run"
-    workers = [f"127.0.0.1:{p}" for p in _free_ports(2)]
+    workers = on_this_machine(2)
     t0 = time.monotonic()
     codes = _wait(_start_workers(out, tmp_path, ["--epochs", str(EPOCHS)], workers), 600)
     two_seconds = time.monotonic() - t0
@@ -150,7 +138,7 @@ def test_killed_worker_restarts_all_from_the_checkpoint(tmp_path):
     out = tmp_path / "run"
     epochs = 6
     args = ["--epochs", str(epochs), "--set", "steps_per_execution=1"]
-    workers = [f"127.0.0.1:{p}" for p in _free_ports(2)]
+    workers = on_this_machine(2)
     procs = _start_workers(out, tmp_path, args, workers)
     marker = out / "checkpoints" / "latest.json"
     deadline = time.monotonic() + 300

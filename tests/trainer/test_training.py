@@ -7,19 +7,17 @@ in a subprocess; the rest run in-process on builtin:digits at 16x16.
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from trainer.config import load_config
-from trainer.errors import EXIT_DATA, EXIT_PREEMPTED, Preempted
+from trainer.errors import EXIT_DATA, Preempted
 
-from .conftest import FAST, REPO, run_trainer, write_png
+from .conftest import FAST, REPO, preempt_trainer, run_trainer, write_png
 
 REPORT_FILES = ("metrics.json", "learning_curves.png", "confusion_matrix.png", "predictions.png", "report.html")
 
@@ -229,20 +227,8 @@ def test_sigterm_checkpoints_exits_143_and_restart_resumes(tmp_path):
     out = tmp_path / "out"
     args = ["--data", "builtin:digits", "--output", str(out), "--epochs", "6", *FAST,
             "--set", "steps_per_execution=1"]
-    env_tmp = tmp_path
-    import os
-
-    env = {**os.environ, "KUBETRAIN_SCRATCH": str(env_tmp / "scratch")}
-    proc = subprocess.Popen([sys.executable, "-m", "trainer", *args], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stderr = preempt_trainer(args, tmp_path, out)
     marker = out / "checkpoints" / "latest.json"
-    deadline = time.monotonic() + 240
-    while not marker.exists() and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.2)
-    assert marker.exists(), "no checkpoint within the deadline"
-    proc.send_signal(signal.SIGTERM)
-    _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == EXIT_PREEMPTED, stderr[-3000:]
     assert "preempted: stopped by SIGTERM: saved checkpoint" in stderr
     saved = json.loads(marker.read_text())
     assert not (out / "report").exists()

@@ -6,15 +6,9 @@ from __future__ import annotations
 
 import collections
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
-from tests.trainer.conftest import FAST, REPO, run_trainer
+from tests.trainer.conftest import FAST, preempt_trainer, run_trainer
 from trainer import events, progress
-from trainer.errors import EXIT_PREEMPTED
 
 
 def read_events(directory) -> collections.Counter:
@@ -33,17 +27,7 @@ def test_preempted_then_resumed_run_keeps_events_progress_and_cost(tmp_path):
     out = tmp_path / "out"
     args = ["--data", "builtin:digits", "--output", str(out), "--epochs", "3", *FAST,
             "--set", "steps_per_execution=1"]
-    env = {**os.environ, "KUBETRAIN_SCRATCH": str(tmp_path / "scratch"), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    proc = subprocess.Popen([sys.executable, "-m", "trainer", *args], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    marker = out / "checkpoints" / "latest.json"
-    deadline = time.monotonic() + 240
-    while not marker.exists() and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.2)
-    assert marker.exists(), "no checkpoint within the deadline"
-    proc.send_signal(signal.SIGTERM)
-    _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == EXIT_PREEMPTED, stderr[-3000:]
+    preempt_trainer(args, tmp_path, out)
     record = json.loads((out / progress.FILE).read_text())
     assert (record["state"], record["attempt"], record["preemptions"]) == ("preempted", 1, 1)
     assert record["epoch"] >= 1 and record["epochs"] == 3 and record["val_accuracy"] > 0
