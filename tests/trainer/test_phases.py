@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -10,7 +13,7 @@ import numpy as np
 from trainer.phases import Phases, process_age_seconds
 from trainer.report_worker import ReportWorker, tiny_job
 
-from .conftest import FAST, run_trainer
+from .conftest import FAST, REPO
 
 REPORT_FILES = {"metrics.json", "learning_curves.png", "confusion_matrix.png",
                 "confusion_matrix_normalized.png", "predictions.png", "report.html"}
@@ -64,9 +67,16 @@ def test_a_failing_worker_falls_back_to_drawing_here(tmp_path, monkeypatch):
 
 
 def test_a_run_records_its_phases_and_publishes_report_and_model(tmp_path):
+    """...and its own process never loads the report's libraries (Keras would, at import)."""
     out = tmp_path / "run"
-    proc = run_trainer(["--data", "builtin:digits", "--output", str(out), "--epochs", "1", *FAST], tmp_path)
+    args = ["--data", "builtin:digits", "--output", str(out), "--epochs", "1", *FAST]
+    code = ("import sys; from trainer.__main__ import main; code = main(sys.argv[1:]); "
+            "print('LOADED', sorted(m for m in ('matplotlib', 'sklearn', 'scipy.stats') if m in sys.modules)); "
+            "sys.exit(code)")
+    proc = subprocess.run([sys.executable, "-c", code, *args], cwd=REPO, capture_output=True, text=True, check=False,
+                          env={**os.environ, "KUBETRAIN_SCRATCH": str(tmp_path / "scratch")}, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "LOADED []" in proc.stdout, proc.stdout
     metrics = json.loads((out / "report" / "metrics.json").read_text())
     phases = metrics["phase_seconds"]
     assert list(phases) == ["startup", "data", "train", "evaluate", "report", "export", "total"]
