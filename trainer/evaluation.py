@@ -77,6 +77,7 @@ class Evaluator:
                              tf.reduce_sum(weights)])
             return sums, probs, labels, weights
 
+        replica_step = tf.autograph.experimental.do_not_convert(replica_step)  # see Trainer's step
         if jit_compile:
             replica_step = tf.function(replica_step, jit_compile=True)
 
