@@ -97,7 +97,29 @@ def summarize(results: dict) -> dict:
                                                   for v in ips if v])
             rows.append(row)
         out[name] = rows
+        if name == "throughput":
+            out["precision_accuracy"] = _precision_accuracy(entries)
     return out
+
+
+def _precision_accuracy(entries: list[dict]) -> dict | None:
+    """Test accuracy of the default (auto precision) run minus the float32 run, per round (same
+    seed), in points; None unless both variants are there."""
+    by_label = {e["label"]: e for e in entries}
+    auto = next((e for label, e in by_label.items() if label.startswith("trainer, batch 64 (default")), None)
+    f32 = next((e for label, e in by_label.items() if "float32" in label), None)
+    if auto is None or f32 is None:
+        return None
+    f32_acc = {r["round"]: r.get("final_test_accuracy") for r in f32["runs"]}
+    pairs = [(100.0 * r["final_test_accuracy"], 100.0 * f32_acc[r["round"]]) for r in auto["runs"]
+             if r.get("final_test_accuracy") is not None and f32_acc.get(r["round"]) is not None]
+    if not pairs:
+        return {"rounds": 0}
+    diffs = [a - f for a, f in pairs]
+    return {"rounds": len(pairs), "difference_points": summary(diffs),
+            "mean_difference_points": statistics.fmean(diffs),
+            "mean_auto": statistics.fmean(a for a, _ in pairs),
+            "mean_float32": statistics.fmean(f for _, f in pairs)}
 
 
 def _final_accuracy(run: dict) -> float | None:
@@ -189,6 +211,12 @@ def markdown(results: dict) -> str:
                          f" | {_fmt(r.get('other_cpu_cores'), 2)}"
                          f" | {_fmt(r.get('final_test_accuracy'), 1, pct=True)} |")
         lines.append("")
+        acc = s.get("precision_accuracy") if name == "throughput" else None
+        if acc and acc["rounds"]:
+            lines += [(f"Test accuracy, default (auto precision) vs float32, same seed per round over"
+                       f" {acc['rounds']} rounds (seeds): mean {acc['mean_auto']:.2f}% vs"
+                       f" {acc['mean_float32']:.2f}%, difference {acc['mean_difference_points']:+.2f} points"
+                       f" (per round: median {_fmt(acc['difference_points'], 2)})."), ""]
     if "pipeline" in s:
         lines += ["**Input pipeline: the trainer's tf.data pipeline vs the same batches already in memory**", "",
                   "| model | pipeline images/s | in-memory images/s | ratio |", "|---|---|---|---|"]

@@ -94,18 +94,23 @@ class Evaluator:
 
         self._sums_step, self._gather_step = sums_step, gather_step
 
-    def run(self, batches, steps: int, collect: bool) -> dict:
-        """Loss and accuracy over the padded ``batches``; with ``collect`` also labels and probs."""
+    def run(self, batches, steps: int, collect: bool, gather: bool = False) -> dict:
+        """Loss and accuracy over the padded ``batches``; with ``collect`` also labels and probs.
+
+        ``gather``: run the collecting step even without ``collect`` (its outputs dropped), for a
+        split small enough that sharing the test split's traced function beats a second trace.
+        """
         iterator = iter(self.strategy.experimental_distribute_dataset(batches))
         totals = np.zeros(3)
         labels_all, probs_all = [], []
         for _ in range(steps):
             with multiworker.graph_call("evaluation"):
-                if collect:
+                if collect or gather:
                     sums, probs, labels, weights = self._gather_step(iterator)
-                    keep = weights.numpy() > 0
-                    probs_all.append(probs.numpy()[keep])
-                    labels_all.append(labels.numpy()[keep])
+                    if collect:
+                        keep = weights.numpy() > 0
+                        probs_all.append(probs.numpy()[keep])
+                        labels_all.append(labels.numpy()[keep])
                 else:
                     sums = self._sums_step(iterator)
                 totals += sums.numpy()

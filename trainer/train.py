@@ -41,6 +41,8 @@ from trainer.pacing import MULTI_WORKER_STEPS, Pacer
 
 log = logging.getLogger(__name__)
 
+SHARED_EVAL_TRACE_MAX_PROBS = 1_000_000  # 4 MB of float32 probabilities per evaluation
+
 
 class StopRequest:
     """Set from a signal handler; the loop checks it between calls into the graph."""
@@ -208,7 +210,10 @@ class Trainer:
         global_batch = eval_global_batch(self.cfg.batch_size, self.runtime.replicas)
         source = examples(self.sources[split], self.cfg.image_size)
         batches, steps = padded_batches(source, len(getattr(self.dataset, split)), global_batch)
-        out = self._evaluator.run(batches, steps, collect)
+        # One traced evaluation function for val and test, unless gathering a large split's
+        # probabilities each epoch would cost more than tracing a second function (~0.3 s).
+        gather = len(getattr(self.dataset, split)) * self.dataset.num_classes <= SHARED_EVAL_TRACE_MAX_PROBS
+        out = self._evaluator.run(batches, steps, collect, gather)
         if collect:
             first = [x for x, _ in source.take(64).batch(64)]
             out["images"] = first[0].numpy() if first else np.zeros((0,))
