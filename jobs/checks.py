@@ -11,12 +11,14 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import Callable, Mapping
+from dataclasses import fields
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
 
 from trainer.quoting import brief
+from trainer.schema import check_keys, default_of, has_default
 
 Check = Callable[[Any, str], Any]
 
@@ -187,3 +189,17 @@ def schedule_period_seconds(schedule: str, time_zone: str) -> int:
         if nxt > end:
             break
     return shortest or 60
+
+
+def build(cls: type, values: Mapping[str, Any], where: str = "") -> Any:
+    """``cls`` from ``values``: unknown keys rejected, each given key checked by its field's
+    check, every other key (or one left empty) at its field's default."""
+    check_keys(values, [f.name for f in fields(cls)], where, error=SpecError)
+    kwargs = {}
+    for f in fields(cls):
+        key = where + f.name
+        value = f.metadata["check"](values[f.name], key) if f.name in values else None
+        if value is None and not has_default(f):
+            raise SpecError(f"missing required key {brief(key)} ({f.metadata['help']})")
+        kwargs[f.name] = default_of(f) if value is None else value
+    return cls(**kwargs)

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from trainer.config import BACKBONES, TrainConfig
 from trainer.errors import ConfigError
+from trainer.storage import small_files
 from trainer.storage.uri import is_remote
 
 log = logging.getLogger(__name__)
@@ -66,34 +67,6 @@ def keras_cache_dirs() -> list[Path]:
     return [Path(home) / "models", Path("/tmp/.keras/models")]
 
 
-def _gcs_download(uri: str, dest_dir: Path) -> Path | None:
-    """Download one object; None when it does not exist. Errors other than 404 raise."""
-    from google.api_core import exceptions as gexc
-
-    from trainer.storage import gcs  # lazy: the cloud client
-    from trainer.storage.uri import parse_uri
-
-    bucket, name = parse_uri(uri)
-    dest = dest_dir / hashlib.sha256(uri.encode()).hexdigest()[:16] / Path(name).name
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        gcs.client().bucket(bucket).blob(name).download_to_filename(str(dest))
-    except gexc.NotFound:
-        dest.unlink(missing_ok=True)
-        return None
-    except gexc.GoogleAPICallError as exc:
-        raise ConfigError(f"cannot read weights {uri}: {str(exc).splitlines()[0]}") from None
-    return dest
-
-
-def _gcs_upload(path: Path, uri: str) -> None:
-    from trainer.storage import gcs  # lazy: the cloud client
-    from trainer.storage.uri import parse_uri
-
-    bucket, name = parse_uri(uri)
-    gcs.client().bucket(bucket).blob(name).upload_from_filename(str(path))
-
-
 def _join(prefix: str, name: str) -> str:
     return f"{prefix.rstrip('/')}/{name}"
 
@@ -115,12 +88,9 @@ def _imagenet(cfg: TrainConfig, scratch: Path) -> InitialWeights:
     mirror = cfg.weights_mirror
     if mirror:
         uri = _join(mirror, fname)
-        if is_remote(uri):
-            got = _gcs_download(uri, scratch / "weights")
-            if got:
-                return _found("imagenet", f"{uri} (weights_mirror)", got)
-        elif Path(uri).expanduser().is_file():
-            return _found("imagenet", f"{uri} (weights_mirror)", Path(uri).expanduser())
+        got = small_files.local_copy(uri, scratch / "weights")
+        if got:
+            return _found("imagenet", f"{uri} (weights_mirror)", got)
     tried = f"not in Keras' cache ({keras_cache_dirs()[0] / fname})" + (f" nor at {_join(mirror, fname)}" if mirror else "")
     advice = (f"bake it into the image (docker build --build-arg BACKBONES={cfg.model}), set weights_mirror "
               f"to a directory or gs:// prefix holding {fname}, or pass weights: <file or gs:// URI>")
@@ -137,7 +107,7 @@ def _imagenet(cfg: TrainConfig, scratch: Path) -> InitialWeights:
                           f"{advice}") from None
     if is_remote(mirror):
         try:
-            _gcs_upload(path, _join(mirror, fname))
+            small_files.write_file(_join(mirror, fname), path)
             log.info("copied %s to %s for the next runs", fname, mirror)
         except Exception as exc:  # noqa: BLE001 (the run goes on; the next one downloads again)
             log.warning("could not copy %s to %s: %s", fname, mirror, exc)
@@ -150,13 +120,7 @@ def resolve(cfg: TrainConfig, scratch: Path) -> InitialWeights:
         return InitialWeights("none")
     if cfg.weights in ("imagenet", "auto"):
         return _imagenet(cfg, scratch)
-    uri = cfg.weights
-    if is_remote(uri):
-        got = _gcs_download(uri, scratch / "weights")
-        if got is None:
-            raise ConfigError(f"weights file {uri} not found")
-        return _found("file", uri, got)
-    path = Path(uri).expanduser()
-    if not path.is_file():
-        raise ConfigError(f"weights file {uri} not found")
-    return _found("file", uri, path)
+    got = small_files.local_copy(cfg.weights, scratch / "weights")
+    if got is None:
+        raise ConfigError(f"weights file {cfg.weights} not found")
+    return _found("file", cfg.weights, got)

@@ -69,6 +69,38 @@ def write_bytes(uri: str, data: bytes, content_type: str = "application/octet-st
             data, content_type=content_type, retry=gcs.RETRY)
 
 
+def local_copy(uri: str, scratch: Path) -> Path | None:
+    """The file at ``uri`` as a local path: itself when local, else downloaded (atomically,
+    checksum verified) under ``scratch``; None when it does not exist."""
+    if not is_remote(uri):
+        path = Path(uri).expanduser()
+        return path if path.is_file() else None
+    import hashlib
+
+    from trainer.storage import gcs, transfer  # lazy: the cloud client
+
+    bucket, name = parse_uri(uri)
+    dest = scratch / hashlib.sha256(uri.encode()).hexdigest()[:16] / Path(name).name
+    with gcs.errors(f"reading {uri}"):
+        try:
+            transfer.download(gcs.client().bucket(bucket).blob(name), dest)
+        except gcs.NotFound:
+            return None
+    return dest
+
+
+def write_file(uri: str, path: Path) -> None:
+    """Copy the local file ``path`` to ``uri`` (replacing it)."""
+    if not is_remote(uri):
+        write_bytes(uri, path.read_bytes())
+        return
+    from trainer.storage import gcs, transfer  # lazy: the cloud client
+
+    bucket, name = parse_uri(uri)
+    with gcs.errors(f"writing {uri}"):
+        transfer.upload(gcs.client().bucket(bucket), path, name)
+
+
 def child_dirs(uri: str) -> list[str]:
     """The names of the directories directly under ``uri`` (in a bucket: the prefixes one level
     down), sorted; [] when there are none."""
