@@ -232,3 +232,35 @@ def test_resume_in_fine_tune_phase_restores_trainable_layers(tiny_folder, tmp_pa
     assert {v.path for v in second.model.trainable_variables} == phase2
     marker = json.loads((out / "checkpoints" / "latest.json").read_text())
     assert marker["epoch"] == 2
+
+
+def test_fine_tuning_under_mirrored_strategy_with_mixed_precision(tiny_folder, tmp_path):
+    """A pretrained backbone's head and fine-tune phases on 2 CPU replicas (MirroredStrategy), in
+    the precision ``auto`` picks here (mixed_bfloat16 on a CPU with bf16 units): the run
+    completes, and the exported model's head computes in float32 and gives probabilities."""
+    import keras
+
+    from trainer.backbones import save_backbone_weights
+    from trainer.models import build_model
+
+    weights = tmp_path / "pre.weights.h5"
+    save_backbone_weights(build_model("mobilenetv3small", SIZE, 3), weights)
+    out = tmp_path / "out"
+    proc = run_trainer(["--data", str(tiny_folder), "--output", str(out), "--epochs", "2", "--cpu-replicas", "2",
+                        "--set", "model=mobilenetv3small", "--set", f"image_size={SIZE}", "--set", "batch_size=4",
+                        "--set", f"weights={weights}", "--set", "head_epochs=1"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "phase head: epochs 1-1" in proc.stderr and "phase fine_tune: epochs 2-2" in proc.stderr
+    metrics = json.loads((out / "report" / "metrics.json").read_text())
+    assert metrics["replicas"] == 2 and metrics["epochs_completed"] == 2
+    assert metrics["initial_weights"]["kind"] == "file" and np.isfinite(metrics["test_loss"])
+    model = keras.saving.load_model(out / "model" / "model.keras")
+    assert model.layers[-1].dtype_policy.name == "float32"
+    assert model.layers[-1].compute_dtype == "float32"
+    probs = model.predict(np.full((2, SIZE, SIZE, 3), 128, np.uint8), verbose=0)
+    assert probs.dtype == np.float32 and np.allclose(probs.sum(-1), 1.0, atol=1e-3)
+    from trainer.schedule import find_backbone
+
+    expected = {"mixed_bfloat16": "bfloat16", "float32": "float32"}[metrics["precision"]]
+    body = {layer.compute_dtype for layer in find_backbone(model).layers if layer.weights}
+    assert body == {expected}, body  # the backbone's layers in the run's precision
