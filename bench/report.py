@@ -104,10 +104,14 @@ def summarize(results: dict) -> dict:
 
 def _precision_accuracy(entries: list[dict]) -> dict | None:
     """Test accuracy of the default (auto precision) run minus the float32 run, per round (same
-    seed), in points; None unless both variants are there."""
-    by_label = {e["label"]: e for e in entries}
-    auto = next((e for label, e in by_label.items() if label.startswith("trainer, batch 64 (default")), None)
-    f32 = next((e for label, e in by_label.items() if "float32" in label), None)
+    seed), in points; None unless both variants are there. The default run is the seed CNN with
+    nothing else set; the float32 run differs from it only by ``precision``."""
+    def overrides(e: dict) -> dict:
+        return e["spec"].get("overrides") or {}
+
+    auto = next((e for e in entries if overrides(e) == {"model": "seed_cnn", "image_size": 64}), None)
+    f32 = next((e for e in entries if auto is not None
+                and overrides(e) == {**overrides(auto), "precision": "float32"}), None)
     if auto is None or f32 is None:
         return None
     f32_acc = {r["round"]: r.get("final_test_accuracy") for r in f32["runs"]}

@@ -74,13 +74,13 @@ def job_name(raw: Any, key: str) -> str | None:
 
 
 def image(raw: Any, key: str) -> str | None:
-    image = checks.required_string(raw, key)
-    if image is None:
+    ref = checks.required_string(raw, key)
+    if ref is None:
         return None
-    unpinned = image.endswith(":latest") or ":" not in image.rsplit("/", 1)[-1]
-    if any(c.isspace() for c in image) or (unpinned and "@sha256:" not in image):
-        raise SpecError(f"key {brief(key)}: {brief(image)} must be pinned to a tag (not :latest) or a digest")
-    return image
+    unpinned = ref.endswith(":latest") or ":" not in ref.rsplit("/", 1)[-1]
+    if any(c.isspace() for c in ref) or (unpinned and "@sha256:" not in ref):
+        raise SpecError(f"key {brief(key)}: {brief(ref)} must be pinned to a tag (not :latest) or a digest")
+    return ref
 
 
 def train(raw: Any, key: str) -> TrainConfig | None:
@@ -107,10 +107,10 @@ def workers(raw: Any, key: str) -> int:
 
 
 def memory(raw: Any, key: str) -> str:
-    memory = checks.quantity(raw, key)
-    if parse_quantity(memory, key) < MIN_MEMORY_BYTES:
-        raise SpecError(f"key {brief(key)}: {brief(memory)} is too small; use a suffix, e.g. 8Gi")
-    return memory
+    amount = checks.quantity(raw, key)
+    if parse_quantity(amount, key) < MIN_MEMORY_BYTES:
+        raise SpecError(f"key {brief(key)}: {brief(amount)} is too small; use a suffix, e.g. 8Gi")
+    return amount
 
 
 def shm_size(raw: Any, key: str) -> str:
@@ -178,15 +178,15 @@ def storage(raw: Any, key: str) -> StorageSpec | None:
     values = checks.mapping(raw, key)
     if values is None:
         return None
-    storage = checks.build(StorageSpec, values, key + ".")
-    if storage.credentials != "secret":
-        if storage.secret:
+    spec = checks.build(StorageSpec, values, key + ".")
+    if spec.credentials != "secret":
+        if spec.secret:
             raise SpecError(f"key '{key}.secret': only used with credentials=secret "
-                            f"(it is {brief(storage.credentials)})")
-        return storage
-    if not storage.secret:
+                            f"(it is {brief(spec.credentials)})")
+        return spec
+    if not spec.secret:
         raise SpecError(f"key '{key}.secret': credentials=secret needs the Secret's name")
-    dns_label(storage.secret, f"{key}.secret", 253)
-    if not re.fullmatch(r"[-._A-Za-z0-9]+", storage.secret_key):
-        raise SpecError(f"key '{key}.secret_key': {brief(storage.secret_key)} is not a valid Secret key")
-    return storage
+    dns_label(spec.secret, f"{key}.secret", 253)
+    if not re.fullmatch(r"[-._A-Za-z0-9]+", spec.secret_key):
+        raise SpecError(f"key '{key}.secret_key': {brief(spec.secret_key)} is not a valid Secret key")
+    return spec

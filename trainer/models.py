@@ -93,8 +93,9 @@ def build_model(name: str, image_size: int, num_classes: int, weights_path: str 
     keras.applications backbone (trainer/backbones.py), the whole model's otherwise. A file that
     does not fit is a ConfigError naming it.
     """
-    if image_size < min_image_size(name):
-        raise ConfigError(f"model {name!r} needs image_size >= {min_image_size(name)}, got {image_size}")
+    smallest = min_image_size(name)
+    if image_size < smallest:
+        raise ConfigError(f"model {name!r} needs image_size >= {smallest}, got {image_size}")
     if name in BUILDERS:
         model = target = BUILDERS[name](image_size, num_classes)
         what = "model"

@@ -25,6 +25,7 @@ import time
 from typing import Any
 
 from trainer.storage import RunDir
+from trainer.storage.small_files import json_object
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +40,6 @@ def utc_now() -> str:
 
 def parse(text: str | None) -> dict | None:
     """A progress record from its JSON text; None for none or a torn/foreign file."""
-    from trainer.storage.small_files import json_object
-
     record = json_object(text)
     return record if record is not None and record.get("format") == FORMAT else None
 

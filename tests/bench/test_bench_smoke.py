@@ -47,3 +47,20 @@ def test_children_and_report_have_the_documented_shape():
             assert row[key]["median"] > 0, (row["label"], key)
     text = report.markdown(dict(results, summary=summary))
     assert "| trainer |" in text and "GFLOP/s" in text
+
+
+def test_precision_accuracy_pairs_the_default_and_float32_runs_by_round():
+    """The bf16-vs-float32 accuracy line compares the two variants round by round (same seed)."""
+    variants = {v["label"]: v for v in bench_main.variants(bench_main.parse_args(["--only", "throughput"]))["throughput"]}
+    accuracies = {"trainer, batch 64 (default; auto precision: mixed_bfloat16 on this CPU)": [0.98, 0.98, 0.96],
+                  "trainer, batch 64, float32 (precision set)": [0.96, 0.97, 0.97],
+                  "trainer, batch 32": [0.50, 0.50, 0.50]}  # not part of the pair
+    entries = [{"label": label, "spec": variants[label],
+                "runs": [{"round": r, "final_test_accuracy": a} for r, a in enumerate(accs)]}
+               for label, accs in accuracies.items()]
+    acc = report._precision_accuracy(entries)
+    assert acc["rounds"] == 3
+    assert acc["difference_points"]["median"] == pytest.approx(1.0)  # per round: +2, +1, -1 points
+    assert acc["mean_difference_points"] == pytest.approx(2 / 3)
+    assert acc["mean_auto"] == pytest.approx(97 + 1 / 3) and acc["mean_float32"] == pytest.approx(96 + 2 / 3)
+    assert report._precision_accuracy(entries[2:]) is None
