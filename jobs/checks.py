@@ -29,6 +29,7 @@ _LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[
                         r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?\Z")
 _LABEL_VALUE = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?\Z")
 _QUANTITY = re.compile(r"([0-9]+(\.[0-9]+)?|\.[0-9]+)(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?\Z")
+INT32_MAX = 2**31 - 1  # the widest integer many Job and Pod fields hold (backoffLimit, ...)
 _SUFFIX = {"": 1, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
            "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
 
@@ -68,6 +69,9 @@ def whole_number(raw: Any, key: str) -> int:
         raise SpecError(f"key {brief(key)}: expected a whole number, got {brief(raw)}")
     if raw < 0:
         raise SpecError(f"key {brief(key)}: must be >= 0, got {raw}")
+    if raw > INT32_MAX:
+        raise SpecError(f"key {brief(key)}: must be at most {INT32_MAX} (the Kubernetes API's "
+                        f"integer range), got {brief(raw)}")
     return raw
 
 

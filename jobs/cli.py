@@ -278,6 +278,9 @@ def _runs(args: argparse.Namespace) -> int:
     from jobs import runs
 
     found = runs.collect(args.uri)
+    for run in found:
+        for problem in run.problems:
+            print(f"warning: {problem}", file=sys.stderr)
     if args.output in ("json", "yaml"):
         sys.stdout.write(output.dump([r.to_dict() for r in found], args.output))
     else:

@@ -14,11 +14,16 @@ import datetime as dt
 import html
 import io
 import logging
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from trainer import progress
+from trainer.errors import ConfigError
+from trainer.quoting import brief
 from trainer.storage import small_files
+from trainer.storage.uri import is_remote
 
 log = logging.getLogger(__name__)
 
@@ -44,44 +49,104 @@ class Run:
     attempts: int | None
     preemptions_survived: int | None
     has_report: bool
+    problems: tuple[str, ...] = ()  # files or fields of this run that could not be used
 
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def unreadable(cls, name: str, uri: str, problems: list[str]) -> Run:
+        return cls(name=name, uri=uri, state="unknown", started=None, duration_seconds=None,
+                   test_accuracy=None, promoted=None, epochs=None, device=None, device_count=None,
+                   gpu_hours=None, attempts=None, preemptions_survived=None, has_report=False,
+                   problems=tuple(problems))
+
+
+def _read_json(uri: str, problems: list[str]) -> dict | None:
+    """The JSON object in the file at ``uri``, or None (absent; or unusable: then a problem is
+    noted and the run is shown without it)."""
+    try:
+        text = small_files.read_text(uri)
+    except small_files.Unreadable as exc:
+        problems.append(f"{uri} {exc}; shown without it")
+        return None
+    value = small_files.json_object(text)
+    if text and value is None:
+        problems.append(f"{uri} is not a JSON object; shown without it")
+    return value
+
+
+def _typed(record: dict, key: str, kind: type | tuple, where: str, problems: list[str]):
+    """``record[key]`` when it has the type ``kind`` (a bool is not a number); None otherwise,
+    with a problem noted when it was there with the wrong type."""
+    value = record.get(key)
+    if value is None:
+        return None
+    numeric = kind in (int, float) or kind == (int, float)
+    if isinstance(value, kind) and not (numeric and isinstance(value, bool)):
+        return value
+    problems.append(f"{where}: key {brief(key)} has a wrong type ({brief(value)}); shown as -")
+    return None
+
 
 def read_run(parent: str, name: str) -> Run | None:
-    """The run in ``parent/name``, or None when it holds no trainer run."""
+    """The run in ``parent/name``, or None when it holds no trainer run. Fields of the wrong type
+    and unreadable files are left out and listed in ``problems``, never fatal: one bad run does
+    not hide the others."""
     uri = small_files.join(parent, name)
-    metrics = small_files.json_object(small_files.read_text(small_files.join(uri, METRICS)))
-    record = progress.parse(small_files.read_text(small_files.join(uri, progress.FILE)))
+    problems: list[str] = []
+    metrics_uri, progress_uri = small_files.join(uri, METRICS), small_files.join(uri, progress.FILE)
+    metrics = _read_json(metrics_uri, problems)
+    record = _read_json(progress_uri, problems)
+    record = record if record is not None and record.get("format") == progress.FORMAT else None
     if metrics is None and record is None:
-        return None
+        return Run.unreadable(name, uri, problems) if problems else None
     record = record or {}
-    cost = (metrics or {}).get("cost") or {}
-    promotion = (metrics or {}).get("promotion")
-    state = record.get("state") or ("finished" if metrics else "unknown")
+    metrics = metrics or {}
+    number = (int, float)
+    m = lambda key, kind: _typed(metrics, key, kind, metrics_uri, problems)  # noqa: E731
+    p = lambda key, kind: _typed(record, key, kind, progress_uri, problems)  # noqa: E731
+    cost = m("cost", dict) or {}
+    c = lambda key, kind: _typed(cost, key, kind, metrics_uri + " cost", problems)  # noqa: E731
+    promotion = m("promotion", dict)
+    state = p("state", str) or ("finished" if metrics else "unknown")
     if metrics and state != "finished":
         state = "finished" if record.get("state") in (None, "evaluating") else state
+    promote = _typed(promotion, "promote", bool, metrics_uri + " promotion", problems) if promotion else None
     return Run(
         name=name, uri=uri, state=state,
-        started=record.get("started"),
-        duration_seconds=cost.get("wall_seconds") or record.get("wall_seconds"),
-        test_accuracy=(metrics or {}).get("test_accuracy"),
-        promoted=bool(promotion.get("promote")) if isinstance(promotion, dict) else None,
-        epochs=(metrics or {}).get("epochs_completed") or record.get("epoch"),
-        device=cost.get("device") or (metrics or {}).get("device"),
-        device_count=cost.get("device_count") or (metrics or {}).get("replicas"),
-        gpu_hours=cost.get("gpu_hours"),
-        attempts=cost.get("attempts") or record.get("attempt"),
-        preemptions_survived=cost.get("preemptions_survived", record.get("preemptions")),
-        has_report=metrics is not None,
+        started=p("started", str),
+        duration_seconds=c("wall_seconds", number) or p("wall_seconds", number),
+        test_accuracy=m("test_accuracy", number),
+        promoted=None if promotion is None else bool(promote),
+        epochs=m("epochs_completed", int) or p("epoch", int),
+        device=c("device", str) or m("device", str),
+        device_count=c("device_count", int) or m("replicas", int),
+        gpu_hours=c("gpu_hours", number),
+        attempts=c("attempts", int) or p("attempt", int),
+        preemptions_survived=c("preemptions_survived", int) if "preemptions_survived" in cost
+        else p("preemptions", int),
+        has_report=bool(metrics),
+        problems=tuple(problems),
     )
 
 
 def collect(parent: str) -> list[Run]:
-    """Every run under ``parent``, oldest first (by start time, then name)."""
-    names = small_files.child_dirs(parent)
+    """Every run under ``parent``, oldest first (by start time, then name). A ``parent`` that is
+    not there (a typo), is a file or cannot be listed is a ConfigError: nothing is created."""
+    if not is_remote(parent):
+        root = Path(parent).expanduser()
+        if not root.exists():
+            raise ConfigError(f"{brief(parent)}: no such directory; check the path (nothing written)")
+        if not root.is_dir():
+            raise ConfigError(f"{brief(parent)} is a file, not a directory of runs")
+        if not os.access(root, os.R_OK | os.X_OK):
+            raise ConfigError(f"{brief(parent)}: cannot list the directory: permission denied")
+    names = small_files.child_dirs(parent, not_found_flag="jobs runs")
     if not names:
+        if is_remote(parent) and not small_files.exists_under(parent):
+            raise ConfigError(f"{brief(parent)}: no objects under this prefix; check the path "
+                              "(nothing written)")
         return []
     with ThreadPoolExecutor(max_workers=min(8, len(names))) as pool:
         found = [r for r in pool.map(lambda n: read_run(parent, n), names) if r is not None]
@@ -214,11 +279,16 @@ figcaption, .muted {{ color: #666; font-size: .9rem; }}
 
 
 def write_index(parent: str, runs: list[Run]) -> str:
-    """Write ``index.html`` (and the trend plot) into ``parent``; returns the index's URI."""
+    """Write ``index.html`` (and the trend plot) into ``parent``; returns the index's URI. A
+    local directory that cannot be written is a ConfigError naming ``--no-html``."""
     png = trend_png(runs)
-    if png is not None:
-        small_files.write_bytes(small_files.join(parent, TREND), png, "image/png")
     index = small_files.join(parent, INDEX)
-    small_files.write_bytes(index, render_index(parent, runs, png is not None).encode(),
-                     "text/html; charset=utf-8")
+    try:
+        if png is not None:
+            small_files.write_bytes(small_files.join(parent, TREND), png, "image/png")
+        small_files.write_bytes(index, render_index(parent, runs, png is not None).encode(),
+                                "text/html; charset=utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot write {brief(index)}: {exc.strerror or exc}; "
+                          "use --no-html to only print the table") from None
     return index

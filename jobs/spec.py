@@ -41,6 +41,7 @@ SCHEDULE_ONLY = ("time_zone", "starting_deadline_seconds", "successful_jobs_hist
 MAX_CRONJOB_NAME = 52  # the CronJob controller appends an 11-character suffix to its Jobs
 MIN_GRACE_SECONDS = 30  # GKE Spot's preemption notice: less cannot hold a checkpoint upload
 DAY_SECONDS = 24 * 3600
+MAX_SPEC_FILE_BYTES = 1 << 20  # a spec is a screenful of keys; anything bigger is a mistake
 
 
 # ----------------------------------------------------------------------------- the spec
@@ -150,6 +151,9 @@ def _cross_checks(spec: JobSpec, given: set[str]) -> JobSpec:
         raise SpecError(f"key 'shm_size': {shm_size} must be smaller than 'memory' ({spec.memory}): "
                         "/dev/shm is memory-backed and counts against the pod's memory limit")
     spec = dataclasses.replace(spec, shm_size=shm_size)
+    for name in sorted(set(spec.env) & set(spec.env_from_secret)):
+        raise SpecError(f"key 'env_from_secret.{name}': {name} is also set in 'env'; a variable "
+                        "is set once: keep one of the two")
     if spec.workers > 1:
         _check_multi_worker(spec)
     if not spec.schedule:
@@ -220,9 +224,17 @@ def load_spec(path: str | Path, train_overrides: Mapping[str, Any] | None = None
     """Read and validate a spec file; SpecError (one line, naming the file) on any problem."""
     path = Path(path)
     try:
-        text = path.read_text()
+        if path.is_file() and path.stat().st_size > MAX_SPEC_FILE_BYTES:
+            raise SpecError(f"{path}: cannot read the spec: larger than {MAX_SPEC_FILE_BYTES >> 20} "
+                            "MiB; is it the right file?")
+        raw = path.read_bytes()
     except OSError as exc:
         raise SpecError(f"{path}: cannot read the spec: {exc.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"{path}: cannot read the spec: not UTF-8 text (bad byte at offset "
+                        f"{exc.start}); save it as UTF-8") from None
     try:
         values = read_yaml(text, str(path))
     except ConfigError as exc:

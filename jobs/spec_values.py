@@ -27,7 +27,7 @@ CREDENTIAL_MODES = ("none", "workload-identity", "secret")
 TOLERATION_OPERATORS = ("Equal", "Exists")
 TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 # Environment variables the rendered pod sets itself; a spec's env: may not change them.
-RESERVED_ENV = ("HOME", "TMPDIR", "MPLCONFIGDIR", "GOOGLE_APPLICATION_CREDENTIALS")
+RESERVED_ENV = ("HOME", "TMPDIR", "MPLCONFIGDIR", "PYTHONUNBUFFERED", "GOOGLE_APPLICATION_CREDENTIALS")
 RESERVED_ENV_PREFIX = "KUBETRAIN_"
 
 MAX_JOB_NAME = 63  # a Job's name becomes the value of its pods' job-name label
@@ -38,6 +38,16 @@ MIN_MEMORY_BYTES = 2**27  # less is a forgotten suffix ("8" instead of "8Gi")
 _CREDENTIAL_NAME = re.compile(r".*(_KEY|_KEY_ID|SECRET|TOKEN|PASSWORD|PASSWD|PASSPHRASE|CREDENTIAL|"
                               r"API_?KEY).*", re.IGNORECASE)
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+# An image reference as the container runtime parses it (distribution/reference's grammar):
+# [registry[:port]/]path[:tag][@digest], path components lowercase.
+_PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_IMAGE_REF = re.compile(
+    rf"(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*(?::[0-9]+)?/)?"
+    rf"{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*"
+    r"(?::(?P<tag>[\w][\w.-]{0,127}))?"
+    r"(?:@(?P<digest>[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}))?\Z")
+MAX_IMAGE_REF = 4096
 
 
 # ----------------------------------------------------------------------------- nested values
@@ -77,8 +87,15 @@ def image(raw: Any, key: str) -> str | None:
     ref = checks.required_string(raw, key)
     if ref is None:
         return None
-    unpinned = ref.endswith(":latest") or ":" not in ref.rsplit("/", 1)[-1]
-    if any(c.isspace() for c in ref) or (unpinned and "@sha256:" not in ref):
+    match = _IMAGE_REF.match(ref)
+    if match is None or len(ref) > MAX_IMAGE_REF:
+        raise SpecError(f"key {brief(key)}: {brief(ref)} is not an image reference "
+                        "([registry[:port]/]name:tag or name@sha256:<64 hex digits>; the name in "
+                        "lowercase, the tag not empty)")
+    tag, digest = match.group("tag"), match.group("digest")
+    if digest and digest.startswith("sha256:") and len(digest) != len("sha256:") + 64:
+        raise SpecError(f"key {brief(key)}: {brief(ref)}: a sha256 digest has 64 hex digits")
+    if not digest and tag in (None, "latest"):
         raise SpecError(f"key {brief(key)}: {brief(ref)} must be pinned to a tag (not :latest) or a digest")
     return ref
 

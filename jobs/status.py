@@ -51,6 +51,8 @@ def read_progress(output: str | None) -> tuple[dict | None, str]:
         return None, str(exc)
     except OSError as exc:
         return None, f"cannot read {output}: {exc}"
+    except small_files.Unreadable as exc:
+        return None, f"{small_files.join(output, progress.FILE)} {exc}"
     return (record, "") if record else (None, "no progress record yet")
 
 

@@ -61,3 +61,27 @@ def test_a_missing_bucket_is_one_line(gcs_client):
     record, why = status.read_progress("gs://no-such-bucket-kubetrain/runs/x")
     assert record is None and why
     assert isinstance(caught.value, (StorageError, TrainerError))
+
+
+def test_jobs_runs_on_a_missing_bucket_or_an_empty_prefix_is_exit_2(bucket, capsys):
+    from jobs import cli
+
+    assert cli.main(["runs", "gs://no-such-bucket-kubetrain/runs"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "bucket 'no-such-bucket-kubetrain' does not exist" in err
+    assert cli.main(["runs", f"gs://{bucket}/runs/nightyl"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "no objects under this prefix; check the path" in err
+    assert not small_files.exists_under(f"gs://{bucket}/runs")  # nothing was written
+
+
+def test_jobs_runs_over_a_binary_metrics_file_in_a_bucket(bucket, capsys):
+    from jobs import cli
+
+    parent = f"gs://{bucket}/runs"
+    _put_run(parent, "good", 0.9, "2026-01-01T00:00:00Z")
+    small_files.write_bytes(small_files.join(parent, "bad", "report", "metrics.json"), bytes(range(256)))
+    assert cli.main(["runs", parent, "--no-html"]) == 0
+    out, err = capsys.readouterr()
+    assert "good" in out and "0.9000" in out and "bad" in out
+    assert err.startswith("warning: ") and "metrics.json is not UTF-8 text" in err

@@ -285,5 +285,8 @@ def test_runs_lists_runs_and_writes_an_index_whose_links_resolve(tmp_path, capsy
 
 
 def test_runs_of_an_empty_parent(tmp_path, capsys):
+    (tmp_path / "none").mkdir()
     assert cli.main(["runs", str(tmp_path / "none")]) == 0
     assert "no runs yet" in (tmp_path / "none" / "index.html").read_text()
+    assert cli.main(["runs", str(tmp_path / "typo")]) == 2  # a missing parent is not created
+    assert not (tmp_path / "typo").exists()
