@@ -316,6 +316,7 @@ def _run(args: argparse.Namespace) -> int:
     cluster = connect(args.kubeconfig, args.context)
     ns = _namespace(args, spec.namespace if spec else "", cluster.default_namespace)
     err = lambda line: print(line, file=sys.stderr, flush=True)
+    cluster.notify = err  # an API server restart: one line when it goes, one when it is back
 
     if args.command == "submit":
         return _submit(args, cluster, spec, ns)

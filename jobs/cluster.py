@@ -10,7 +10,11 @@ failure surfaces as one of a few exceptions:
     Conflict     it already exists, or changed under us
     Forbidden    RBAC said no (the launcher's Role is in k8s/base/launcher-rbac.yaml)
     Gone         a watch's resourceVersion is too old: list again
-    ClusterError anything else (unreachable, bad kubeconfig, server error)
+    Unreachable  no answer (connection refused or reset, a timeout) or a 429/5xx: the API server
+                 is restarting or overloaded. Reads (get, list, events) retry it for up to
+                 ``outage_seconds`` (5 minutes) before it surfaces; watches and log streams that
+                 break end, and their callers (``wait``, ``logs -f``) look again.
+    ClusterError anything else (bad kubeconfig, a server error that retrying cannot fix)
 """
 
 from __future__ import annotations
@@ -18,8 +22,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterator
-from dataclasses import dataclass
+import re
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
@@ -29,6 +35,10 @@ log = logging.getLogger(__name__)
 IN_CLUSTER_NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 REQUEST_TIMEOUT_SECONDS = 30  # one ordinary API call; watches and log streams set their own
 FIELD_MANAGER = "kubetrain"  # server-side apply: the owner of the fields submit sets
+OUTAGE_SECONDS = 300  # how long reads retry an unreachable API server (a restart takes seconds)
+FIRST_CONTACT_SECONDS = 30  # ... when it never answered yet (a wrong address fails sooner)
+RETRY_MAX_DELAY_SECONDS = 5.0
+TRANSIENT_STATUSES = (429, 500, 502, 503, 504)  # a restarting or overloaded API server
 
 
 class ClusterError(Exception):
@@ -55,6 +65,21 @@ class Gone(ClusterError):
     pass
 
 
+class Unreachable(ClusterError):
+    """No answer, or an answer that says "try again" (429, 5xx)."""
+
+
+def _cause(exc: Exception) -> str:
+    """The short reason of a urllib3/socket error ("[Errno 111] Connection refused"), not the
+    pool's repr with object addresses."""
+    text = str(exc)
+    errno = re.search(r"\[Errno -?\d+\] [^'\")(]*", text)
+    if errno:
+        return errno.group(0).strip().rstrip(":")
+    reason = getattr(exc, "reason", None)
+    return " ".join(str(reason or text or type(exc).__name__).split())[:200]
+
+
 def _translate(exc: Exception, what: str) -> ClusterError:
     """One of our exceptions for a kubernetes-client or urllib3 exception."""
     from kubernetes.client.exceptions import ApiException
@@ -76,8 +101,10 @@ def _translate(exc: Exception, what: str) -> ClusterError:
             return Gone(f"{what}: {message}")
         if exc.status == 401:
             return ClusterError(f"{what}: unauthorized: the kubeconfig's credentials were refused")
+        if exc.status in TRANSIENT_STATUSES or not exc.status:
+            return Unreachable(f"{what}: API error {exc.status}: {' '.join(str(message).split())[:200]}")
         return ClusterError(f"{what}: API error {exc.status}: {message}")
-    return ClusterError(f"{what}: cannot reach the API server: {exc}")
+    return Unreachable(f"{what}: cannot reach the API server: {_cause(exc)}")
 
 
 def _call(what: str, func: Any, *args: Any, **kwargs: Any) -> dict:
@@ -101,6 +128,48 @@ class Cluster:
     batch: Any  # kubernetes.client.BatchV1Api
     default_namespace: str
     host: str
+    outage_seconds: float = OUTAGE_SECONDS
+    notify: Callable[[str], None] = lambda line: None  # a line when it goes down / comes back
+    clock: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], None] = time.sleep
+    _down_since: float | None = field(default=None, repr=False)
+    _answered: bool = field(default=False, repr=False)
+    _delay: float = field(default=0.5, repr=False)
+
+    # -- riding out an API server restart ---------------------------------------------------
+
+    def _read(self, what: str, func: Any, *args: Any, **kwargs: Any) -> dict:
+        """``_call`` for an idempotent read, retried while the API server is unreachable."""
+        while True:
+            try:
+                result = _call(what, func, *args, **kwargs)
+            except Unreachable as exc:
+                self.wait_out(exc)
+                continue
+            self.reachable()
+            return result
+
+    def wait_out(self, exc: Unreachable) -> None:
+        """Pause before trying again after ``exc`` (backing off to 5 s); re-raise it when the
+        API server has been unreachable for ``outage_seconds``."""
+        now = self.clock()
+        bound = self.outage_seconds if self._answered else min(self.outage_seconds, FIRST_CONTACT_SECONDS)
+        if self._down_since is None:
+            self._down_since, self._delay = now, 0.5
+            self.notify(f"warning: {exc}; retrying for up to {int(bound)}s "
+                        "(is the API server restarting?)")
+        down = now - self._down_since
+        if down >= bound:
+            raise Unreachable(f"{exc} (unreachable for {int(down)}s; gave up)") from None
+        self.sleep(min(self._delay, bound - down))
+        self._delay = min(self._delay * 2, RETRY_MAX_DELAY_SECONDS)
+
+    def reachable(self) -> None:
+        """An answer came: the outage, if any, is over."""
+        self._answered = True
+        if self._down_since is not None:
+            self.notify(f"API server reachable again after {self.clock() - self._down_since:.0f}s")
+            self._down_since = None
 
     # -- single objects -------------------------------------------------------------------
 
@@ -112,7 +181,7 @@ class Cluster:
                 "Service": self.core.read_namespaced_service,
                 "ServiceAccount": self.core.read_namespaced_service_account,
                 "Pod": self.core.read_namespaced_pod}[kind]
-        return _call(what, read, name, namespace)
+        return self._read(what, read, name, namespace)
 
     def create(self, namespace: str, manifest: dict, dry_run: bool = False) -> dict:
         """Create ``manifest``; with ``dry_run`` the API server validates it and stores nothing."""
@@ -172,14 +241,14 @@ class Cluster:
         list_ = {"Job": self.batch.list_namespaced_job,
                  "CronJob": self.batch.list_namespaced_cron_job,
                  "Pod": self.core.list_namespaced_pod}[kind]
-        return _call(f"list {kind.lower()}s in {namespace}", list_, namespace,
-                     label_selector=label_selector)
+        return self._read(f"list {kind.lower()}s in {namespace}", list_, namespace,
+                          label_selector=label_selector)
 
     def events(self, namespace: str, kind: str, name: str) -> list[dict]:
         """The events recorded about one object (e.g. a Job's FailedCreate), oldest first."""
         selector = f"involvedObject.kind={kind},involvedObject.name={name}"
-        items = _call(f"list events of {kind.lower()} {namespace}/{name}", self.core.list_namespaced_event,
-                      namespace, field_selector=selector)["items"]
+        items = self._read(f"list events of {kind.lower()} {namespace}/{name}",
+                           self.core.list_namespaced_event, namespace, field_selector=selector)["items"]
         return sorted(items, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
 
     # -- watches and streams ----------------------------------------------------------------

@@ -2,7 +2,9 @@
 
 The pure part reads API objects (plain dicts): ``job_state``, ``pod_problem``,
 ``explain_failure``. The loop (``wait``) receives a ``Cluster`` and waits by watch, in windows
-of a few seconds re-checked against a deadline, never by sleeping. Its logs are ``jobs.logs``;
+of a few seconds re-checked against a deadline, never by sleeping. An API server restart breaks
+the watch: the loop reads the Job and its pods again (the reads retry while it is down), so
+the answer is always the Job's own state, never a guess made while it was unreachable. Its logs are ``jobs.logs``;
 the ``jobs status`` text is ``jobs.describe``; both read Jobs through the helpers here.
 
 A multi-worker Job (``workers`` > 1, an Indexed Job) has one pod per worker index at a time;
@@ -17,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from jobs.cluster import Cluster, Gone, NotFound
+from jobs.cluster import Cluster, Gone, NotFound, Unreachable
 from jobs.render import CONTAINER, JOB_NAME_LABEL
 from jobs.workers import COMPLETION_INDEX_ANNOTATION
 from trainer.errors import exit_code
@@ -269,6 +271,8 @@ def wait(cluster: Cluster, namespace: str, name: str, *, timeout_seconds: float,
                 break  # something changed: look again
         except Gone:
             pass
+        except Unreachable as exc:  # the API server went away mid-watch: get and list again
+            cluster.wait_out(exc)
 
 
 def progress_line(name: str, state: JobState, pods: list[dict]) -> str:

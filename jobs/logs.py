@@ -1,7 +1,8 @@
 """``jobs logs``: a Job's pod logs, printed once or followed across pod restarts.
 
 Split from ``jobs.follow`` (state and waiting), whose helpers it reads pods with. Following waits
-by watch, in windows of a few seconds, never by sleeping; a multi-worker Job follows worker 0
+by watch, in windows of a few seconds, never by sleeping; a log stream cut by an API server
+restart is opened again and continues after the last line printed (``_follow_pod``); a multi-worker Job follows worker 0
 unless asked for another worker or all of them (one thread per worker, lines interleaved).
 """
 
@@ -9,9 +10,10 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Generator, Iterator
 
-from jobs.cluster import Cluster, Gone, NotFound
+from jobs.cluster import Cluster, Gone, NotFound, Unreachable
 from jobs.follow import (
     WINDOW_SECONDS,
     exit_summary,
@@ -83,15 +85,68 @@ def stream_logs(cluster: Cluster, namespace: str, name: str, *, follow: bool, al
                 _watch_window(cluster, "Pod", namespace, pod, pod_name, window_seconds)
             continue
         report(f"==> pod {pod_name} ({phase}) <==")
-        yield from cluster.logs(namespace, pod_name, CONTAINER, follow=True, **opts)
+        pod = yield from _follow_pod(cluster, namespace, pod_name, **opts)
         done.add(pod_name)
+        summary = exit_summary(pod) if pod else ""
+        if summary:
+            report(f"pod {pod_name}: {summary}")
+
+
+def _follow_pod(cluster: Cluster, namespace: str, pod_name: str, *, tail_lines: int | None,
+                since_seconds: float | None, timestamps: bool,
+                clock: Callable[[], float] = time.monotonic) -> Generator[str, None, dict | None]:
+    """One pod's log lines, followed until its container ends; returns the pod as last read
+    (None when it is gone). A stream that breaks or ends while the container still runs (an
+    API server restart) is opened again and continues after the last line printed: the log is
+    read again from the same start (the first ``tail_lines`` lines' offset is counted once, a
+    ``since_seconds`` window keeps its start time) and the lines already printed are skipped."""
+    skip = 0  # lines of the stream not to print (--tail: all but the last N)
+    if tail_lines is not None:
+        skip = max(0, _count_lines(cluster, namespace, pod_name) - tail_lines)
+    started = clock()
+    consumed = 0  # lines of the stream already handled (skipped or printed)
+    while True:
+        since = None if since_seconds is None else since_seconds + (clock() - started)
+        broken, before = False, consumed
+        try:
+            for index, line in enumerate(cluster.logs(namespace, pod_name, CONTAINER, follow=True,
+                                                      since_seconds=since, timestamps=timestamps)):
+                if index < consumed:
+                    continue
+                consumed += 1
+                if index >= skip:
+                    yield line
+        except Unreachable as exc:
+            cluster.wait_out(exc)
+            broken = True
+        except NotFound:
+            return None
         try:
             pod = cluster.get("Pod", namespace, pod_name)
         except NotFound:
-            continue
-        summary = exit_summary(pod)
-        if summary:
-            report(f"pod {pod_name}: {summary}")
+            return None
+        if not broken and not _still_running(pod):
+            return pod
+        if not broken and consumed == before:  # ended, nothing new, status not posted yet
+            _watch_window(cluster, "Pod", namespace, pod, pod_name, 2)
+
+
+def _count_lines(cluster: Cluster, namespace: str, pod_name: str) -> int:
+    while True:
+        try:
+            return sum(1 for _ in cluster.logs(namespace, pod_name, CONTAINER))
+        except Unreachable as exc:
+            cluster.wait_out(exc)
+
+
+def _still_running(pod: dict) -> bool:
+    """Whether the trainer container of ``pod`` may still write: not terminated, pod not done."""
+    if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+        return False
+    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+        if cs.get("name") == CONTAINER:
+            return not (cs.get("state") or {}).get("terminated")
+    return True
 
 
 def _pods_of(cluster: Cluster, namespace: str, name: str, worker: int | None) -> list[dict]:
@@ -152,4 +207,6 @@ def _watch_window(cluster: Cluster, kind: str, namespace: str, obj: dict, name: 
             return
     except Gone:
         return
+    except Unreachable as exc:  # the API server went away: the caller reads everything again
+        cluster.wait_out(exc)
 

@@ -262,6 +262,7 @@ class ControlPlane:
             "--profiling=false",
         ])
         write_kubeconfig(self.kubeconfig, self.server, ca.cert_path, cert=admin.cert, key=admin.key)
+        self._apiserver = (self.processes["kube-apiserver"].args, ca.cert_path, admin)
         self._wait_http("kube-apiserver", f"{self.server}/readyz", deadline,
                         ca=ca.cert_path, client=admin)
 
@@ -314,6 +315,18 @@ class ControlPlane:
             if proc is not None:
                 _terminate_group(proc.pid, grace_seconds, proc=proc)
         (self.state_dir / PIDS_FILE).unlink(missing_ok=True)
+
+    def restart_apiserver(self, down_seconds: float = 5, timeout_seconds: float = 120) -> None:
+        """Stop kube-apiserver (SIGTERM, as a rolling upgrade does), leave it down for
+        ``down_seconds`` (clients meet connection refused), and start it again with the same
+        flags: the same port, certificates and etcd data. Returns once it is ready."""
+        argv, ca, admin = self._apiserver
+        proc = self.processes.pop("kube-apiserver")
+        _terminate_group(proc.pid, 10, proc=proc)
+        time.sleep(down_seconds)
+        self._spawn("kube-apiserver", list(argv))
+        self._wait_http("kube-apiserver", f"{self.server}/readyz", time.monotonic() + timeout_seconds,
+                        ca=ca, client=admin)
 
     def pids(self) -> dict[str, int]:
         return {name: proc.pid for name, proc in self.processes.items()}
