@@ -179,8 +179,8 @@ def machine() -> dict:
                 info[key.strip().lower().replace(" ", "_")] = value.strip()
     except OSError:
         pass
-    try:  # what the precision choice reads (trainer/precision.py)
-        from trainer.precision import NATIVE_BF16_FLAGS, parse_cpuinfo
+    try:  # what the precision choice reads (trainer/runtime/precision.py)
+        from trainer.runtime.precision import NATIVE_BF16_FLAGS, parse_cpuinfo
 
         _, flags = parse_cpuinfo(Path("/proc/cpuinfo").read_text())
         info["bf16_flags"] = [f for f in (*NATIVE_BF16_FLAGS, "amx_tile") if f in flags]

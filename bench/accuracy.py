@@ -5,7 +5,7 @@ Two generated datasets, written as PNG files in class folders (no download), eac
 
 * **old**: the defaults before issue 13, spelled out: ``image_size=64``, horizontal flips,
   rotation 0.05, shift 0.1, zoom 0.1, a constant learning rate, the last epoch exported;
-* **new**: nothing set: everything ``auto`` (trainer/defaults.py), recorded in the run's
+* **new**: nothing set: everything ``auto`` (trainer/config/auto.py), recorded in the run's
   ``auto_reasons``.
 
 Datasets (built here, not tuned to any number):

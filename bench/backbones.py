@@ -2,8 +2,8 @@
 
 Why: choosing a backbone (and ``fine_tune_layers``) is a speed/accuracy trade; this measures the
 speed half on the machine at hand. Per backbone, at its default size, the model comes from the
-product's own builder (``trainer.models.build_model``, weights none) and the phase's trainable
-layers from ``trainer.schedule.set_trainable`` (``head``: backbone frozen; ``fine_tune``: every
+product's own builder (``trainer.model.build.build_model``, weights none) and the phase's trainable
+layers from ``trainer.model.schedule.set_trainable`` (``head``: backbone frozen; ``fine_tune``: every
 backbone layer with weights, batch norm frozen, exactly as a run does). The step is a plain
 ``tf.function`` (forward, sparse cross-entropy, Adam on the trainable variables) fed a fixed
 synthetic uint8 batch from memory, so input pipeline and disk cost nothing. Warm-up steps
@@ -31,8 +31,8 @@ def measure(name: str, size: int, phase_name: str, steps: int, warmup: int, batc
     import numpy as np
     import tensorflow as tf
 
-    from trainer.models import build_model
-    from trainer.schedule import Phase, set_trainable, trainable_summary
+    from trainer.model.build import build_model
+    from trainer.model.schedule import Phase, set_trainable, trainable_summary
 
     keras.backend.clear_session()
     model = build_model(name, size, 10)
@@ -70,7 +70,7 @@ def measure(name: str, size: int, phase_name: str, steps: int, warmup: int, batc
 
 
 def main(argv: list[str] | None = None) -> int:
-    from trainer.backbones import BACKBONES
+    from trainer.model.backbones import BACKBONES
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=4, help="timed steps per backbone and phase")

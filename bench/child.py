@@ -4,7 +4,7 @@ Prints one line ``BENCH_RESULT {json}`` on stdout. Kinds:
 
 * ``matmul``: float32 matrix multiply in TensorFlow, GFLOP/s (the machine's practical peak);
 * ``tutorial``: the tutorial's script (bench/tutorial.py), ``model.fit`` on NumPy arrays;
-* ``trainer``: the trainer's real loop (``trainer.train.Trainer.fit`` with a real checkpointer);
+* ``trainer``: the trainer's real loop (``trainer.training.loop.Trainer.fit`` with a real checkpointer);
 * ``pipeline``: the trainer's step fed by its real ``tf.data`` pipeline vs by the same batches
   already in memory, alternating epoch by epoch in one process.
 
@@ -152,10 +152,10 @@ SEED_BASE = 1337  # the config's default seed: round 0 trains exactly what the d
 def _trainer_setup(spec: dict):
     import keras
 
-    from trainer import data as data_lib
-    from trainer import pipeline
     from trainer.config import load_config
-    from trainer.devices import make_runtime
+    from trainer.data import dataset as data_lib
+    from trainer.data import pipeline
+    from trainer.runtime.devices import make_runtime
 
     out = tempfile.mkdtemp(prefix="kubetrain-bench-")
     overrides = {"data": "builtin:digits", "output": out, "epochs": spec["epochs"], **spec.get("overrides", {})}
@@ -185,11 +185,12 @@ def _trainer_setup(spec: dict):
 
 
 def run_trainer(spec: dict) -> dict:
-    from trainer import pipeline
-    from trainer.checkpoint import Checkpointer
-    from trainer.errors import Preempted
+    from trainer.core.errors import Preempted
+    from trainer.core.preemption import StopRequest
+    from trainer.data import pipeline
     from trainer.storage import LocalRunDir
-    from trainer.train import StopRequest, Trainer
+    from trainer.training.checkpoint import Checkpointer
+    from trainer.training.loop import Trainer
 
     cfg, runtime, ds, out = _trainer_setup(spec)
     clock = Clock(spec.get("target"))
@@ -260,8 +261,8 @@ def run_trainer(spec: dict) -> dict:
 def run_pipeline(spec: dict) -> dict:
     import tensorflow as tf
 
-    from trainer import pipeline
-    from trainer.train import Trainer
+    from trainer.data import pipeline
+    from trainer.training.loop import Trainer
 
     cfg, runtime, ds, _ = _trainer_setup(spec)
     trainer = Trainer(cfg, runtime, ds, cache_dir=None)

@@ -17,7 +17,7 @@ SEED_CNN_TRAIN_FLOPS = 123.6e6
 def digits(image_size: int, train_limit: int = 0):
     """builtin:digits at ``image_size`` with the trainer's own splits (both sides get these arrays)."""
     from trainer.config import load_config
-    from trainer.data import Dataset, Split, load_builtin
+    from trainer.data.dataset import Dataset, Split, load_builtin
 
     cfg = load_config(overrides={"data": "builtin:digits", "output": tempfile.gettempdir(),
                                  "image_size": image_size})

@@ -5,7 +5,7 @@
 
 Starts fake-gcs-server, generates JPEG class-folder datasets (10 classes; a few hundred distinct
 small encoded images reused under different names, so 100k files take seconds to write), pushes
-each to the emulator as class folders and packs each into it (``trainer.pack``), then measures
+each to the emulator as class folders and packs each into it (``trainer.data.packer``), then measures
 whole ``python -m trainer`` processes, each with a fresh scratch directory (a new pod):
 
 1. **start -> first training step**: process launch to the end of the first step, download-all
@@ -132,7 +132,7 @@ def _report(**values) -> None:
 
 def child_first_step(data: str, output: str) -> None:
     """The real trainer, stopped right after its first training step."""
-    from trainer import train
+    from trainer.training import loop as train
 
     real = train.Trainer._make_train_chunk
 
@@ -160,9 +160,9 @@ def child_pipeline(data: str, image_size: int, threads: int, augment: str) -> No
     """The training input pipeline alone (decode + resize [+ augment]), no model."""
     import tensorflow as tf
 
-    from trainer import data as data_lib
-    from trainer import pipeline
     from trainer.config import load_config
+    from trainer.data import dataset as data_lib
+    from trainer.data import pipeline
 
     values = {"data": data, "output": "/tmp/unused", "image_size": image_size}
     if augment == "off":
@@ -228,9 +228,9 @@ def main(argv: list[str]) -> int:
 
     from fake_gcs import Emulator
 
-    from trainer.pack import PackOptions, pack
+    from trainer.data.packer import PackOptions, pack
+    from trainer.data.push import upload_tree
     from trainer.storage import gcs
-    from trainer.storage.dataset_push import upload_tree
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-data-"))
     work.mkdir(parents=True, exist_ok=True)

@@ -17,8 +17,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
 
-from trainer.quoting import brief
-from trainer.schema import check_keys, default_of, has_default
+from trainer.core.quoting import brief
+from trainer.core.schema import check_keys, default_of, has_default
 
 Check = Callable[[Any, str], Any]
 

@@ -18,9 +18,9 @@ from jobs.durations import duration
 from jobs.spec import JobSpec, SpecError, load_spec
 from jobs.spec import warnings as spec_warnings
 from trainer.config import parse_overrides
-from trainer.errors import EXIT_CONFIG, EXIT_INTERRUPTED, EXIT_OK, EXIT_UNEXPECTED, ConfigError
+from trainer.core.errors import EXIT_CONFIG, EXIT_INTERRUPTED, EXIT_OK, EXIT_UNEXPECTED, ConfigError
 
-# The launcher's exit codes are rows of the trainer's table (trainer/errors.py).
+# The launcher's exit codes are rows of the trainer's table (trainer/core/errors.py).
 EXIT_FAILED = EXIT_UNEXPECTED  # the cluster said no, or the Job failed
 EXIT_USAGE = EXIT_CONFIG  # a bad spec or bad usage: nothing was sent
 
@@ -372,7 +372,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     from jobs.cluster import ClusterError, KubeconfigError
-    from trainer.errors import TrainerError
+    from trainer.core.errors import TrainerError
 
     try:
         return _run(args)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from jobs.cluster import Cluster, Gone, NotFound, Unreachable
 from jobs.render import CONTAINER, JOB_NAME_LABEL
 from jobs.workers import COMPLETION_INDEX_ANNOTATION
-from trainer.errors import exit_code
+from trainer.core.errors import exit_code
 
 WINDOW_SECONDS = 10  # how long one watch runs before the loop looks at the pods again
 
@@ -154,7 +154,7 @@ def create_problem(events: list[dict]) -> tuple[str, str, dt.datetime | None] | 
 def exit_summary(pod: dict) -> str:
     """'exit 2 (bad configuration: ...)' for a terminated trainer container, else ''.
 
-    The meaning comes from the trainer's exit-code table (``trainer/errors.py``)."""
+    The meaning comes from the trainer's exit-code table (``trainer/core/errors.py``)."""
     term = (_container_status(pod).get("state") or {}).get("terminated") or {}
     if not term:
         return ""

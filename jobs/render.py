@@ -10,7 +10,7 @@ and the golden tests in ``tests/golden/`` pin every field. One spec renders to
   (``jobs/workers.py``).
 
 How the trainer's exit codes become the Job's ``podFailurePolicy``, generated from the
-``job_action`` column of the exit-code table in ``trainer/errors.py``:
+``job_action`` column of the exit-code table in ``trainer/core/errors.py``:
 
     exit 2 (config), 3 (data)         FailJob   never retried: retrying cannot help
     exit 143 (SIGTERM, checkpointed)  Ignore    retried without spending backoffLimit
@@ -30,7 +30,7 @@ import yaml
 
 from jobs import __version__, workers
 from jobs.spec import JobSpec
-from trainer.errors import FAIL_JOB, IGNORE, codes_with_action
+from trainer.core.errors import FAIL_JOB, IGNORE, codes_with_action
 
 TOOL = "kubetrain"
 CONTAINER = "trainer"
@@ -110,7 +110,7 @@ def _env(spec: JobSpec) -> list[dict]:
         {"name": "TMPDIR", "value": SCRATCH_DIR},
         {"name": "MPLCONFIGDIR", "value": f"{SCRATCH_DIR}/.matplotlib"},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
-        # The trainer warns when a checkpoint takes longer than this (trainer/preemption.py).
+        # The trainer warns when a checkpoint takes longer than this (trainer/core/preemption.py).
         {"name": "KUBETRAIN_TERMINATION_GRACE_SECONDS",
          "value": str(spec.termination_grace_period_seconds)},
     ]

@@ -19,11 +19,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from trainer import progress
-from trainer.errors import ConfigError
-from trainer.quoting import brief
+from trainer.core.errors import ConfigError
+from trainer.core.quoting import brief
 from trainer.storage import small_files
 from trainer.storage.uri import is_remote
+from trainer.training import progress
 
 log = logging.getLogger(__name__)
 
@@ -104,10 +104,10 @@ def read_run(parent: str, name: str) -> Run | None:
     record = record or {}
     metrics = metrics or {}
     number = (int, float)
-    m = lambda key, kind: _typed(metrics, key, kind, metrics_uri, problems)  # noqa: E731
-    p = lambda key, kind: _typed(record, key, kind, progress_uri, problems)  # noqa: E731
+    m = lambda key, kind: _typed(metrics, key, kind, metrics_uri, problems)
+    p = lambda key, kind: _typed(record, key, kind, progress_uri, problems)
     cost = m("cost", dict) or {}
-    c = lambda key, kind: _typed(cost, key, kind, metrics_uri + " cost", problems)  # noqa: E731
+    c = lambda key, kind: _typed(cost, key, kind, metrics_uri + " cost", problems)
     promotion = m("promotion", dict)
     state = p("state", str) or ("finished" if metrics else "unknown")
     if metrics and state != "finished":

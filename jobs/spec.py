@@ -27,9 +27,9 @@ from jobs import spec_values as values
 from jobs.checks import SpecError, dns_label, parse_quantity, schedule_period_seconds
 from jobs.spec_values import MAX_JOB_NAME, StorageSpec, Toleration
 from trainer.config import TrainConfig, merge_values, read_yaml
-from trainer.errors import ConfigError
-from trainer.quoting import brief
-from trainer.schema import default_of, doc_field
+from trainer.core.errors import ConfigError
+from trainer.core.quoting import brief
+from trainer.core.schema import default_of, doc_field
 
 __all__ = ["JobSpec", "SpecError", "StorageSpec", "Toleration", "config_map_name", "key_docs",
            "load_spec", "parse_spec", "schedule_period_seconds"]

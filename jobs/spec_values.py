@@ -19,9 +19,9 @@ import yaml
 from jobs import checks
 from jobs.checks import SpecError, dns_label, parse_quantity
 from trainer.config import TrainConfig, load_config
-from trainer.errors import ConfigError
-from trainer.quoting import brief
-from trainer.schema import doc_field
+from trainer.core.errors import ConfigError
+from trainer.core.quoting import brief
+from trainer.core.schema import doc_field
 
 CREDENTIAL_MODES = ("none", "workload-identity", "secret")
 TOLERATION_OPERATORS = ("Equal", "Exists")

@@ -41,9 +41,9 @@ def read_progress(output: str | None) -> tuple[dict | None, str]:
     """(the progress record, "") or (None, why not). Never raises: status must still print."""
     if not output:
         return None, "the Job has no --output"
-    from trainer import progress
-    from trainer.errors import TrainerError
+    from trainer.core.errors import TrainerError
     from trainer.storage import small_files
+    from trainer.training import progress
 
     try:
         record = progress.parse(small_files.read_text(small_files.join(output, progress.FILE)))

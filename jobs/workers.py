@@ -8,7 +8,7 @@ Pure builders, used by ``jobs/render.py``. What N workers need from Kubernetes:
   pods. A re-created pod keeps its index, so it keeps its name: the address list never changes.
 * **The address list.** Rendered into ``KUBETRAIN_WORKERS`` (``<job>-0.<job>:2222,...``); the
   Job controller sets ``JOB_COMPLETION_INDEX`` in each pod; the trainer turns both into the
-  standard ``TF_CONFIG`` (``trainer/multiworker.py``).
+  standard ``TF_CONFIG`` (``trainer/runtime/multiworker.py``).
 * **All of them, together.** Kueue admits the Job as one unit (N pods' requests at once), so
   with a ``queue`` the workers start together or not at all.
 * **Failure semantics.** Every failure code keeps its Job action (``podFailurePolicy``); a
@@ -22,7 +22,7 @@ from typing import Any
 
 COLLECTIVE_PORT = 2222  # TensorFlow's conventional gRPC port for a worker
 PORT_NAME = "collective"
-WORKERS_ENV = "KUBETRAIN_WORKERS"  # read by trainer.multiworker
+WORKERS_ENV = "KUBETRAIN_WORKERS"  # read by trainer.runtime.multiworker
 COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 
 

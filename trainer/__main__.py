@@ -10,7 +10,7 @@ by SIGTERM after saving a checkpoint (run it again to resume).
 
 Multi-worker: with ``TF_CONFIG`` (or ``KUBETRAIN_WORKERS`` + ``JOB_COMPLETION_INDEX``) naming
 more than one worker, a failing worker leaves at once (``os._exit``) instead of waiting for
-TensorFlow's shutdown barrier (see ``trainer/multiworker.py``).
+TensorFlow's shutdown barrier (see ``trainer/runtime/multiworker.py``).
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ import sys
 import textwrap
 import traceback
 
-from trainer import errors, multiworker
 from trainer.config import field_docs, load_config, parse_overrides, read_config_file
+from trainer.core import errors
+from trainer.runtime import multiworker
 
 log = logging.getLogger("trainer")
 
@@ -156,8 +157,9 @@ def _train(argv: list[str]) -> int:
         return errors.EXIT_OK
 
     # Imported once the config is valid: --help and a bad config answer without loading them.
-    from trainer import preemption, runlog
+    from trainer.core import preemption
     from trainer.run import run
+    from trainer.runtime import runlog
 
     stop = preemption.PhasedStop()
     preemption.install(stop)
@@ -177,7 +179,7 @@ def _data(argv: list[str]) -> int:
     args = _data_parser().parse_args(argv)
     configure_logging()
     if args.action == "pack":
-        from trainer.pack import PackOptions, pack
+        from trainer.data.packer import PackOptions, pack
         from trainer.run import scratch_dir
 
         opts = PackOptions(shard_mb=args.shard_mb, seed=args.seed, val_fraction=args.val_fraction,
@@ -185,7 +187,7 @@ def _data(argv: list[str]) -> int:
                            workers=args.workers, create_bucket=args.create_bucket)
         pack(args.src, args.dst, opts, scratch_dir() / "pack")
         return errors.EXIT_OK
-    from trainer.storage.dataset_push import push_dataset  # lazy: the cloud client
+    from trainer.data.push import push_dataset  # lazy: the cloud client
 
     count = push_dataset(args.src, args.dst, workers=args.workers, create_bucket=args.create_bucket)
     log.info("pushed %d objects to %s", count, args.dst)
@@ -225,7 +227,7 @@ def exit_now(code: int) -> None:
     Only once ``main`` has returned: by then every file is written, pushed and published and no
     thread has work left, so there is nothing for the teardown to finish but logs and stdio.
     """
-    packed = sys.modules.get("trainer.packed")
+    packed = sys.modules.get("trainer.data.packed")
     if packed is not None:
         packed.clear_stream_scratch()  # its atexit hook would not run
     logging.shutdown()

@@ -10,10 +10,10 @@ Output layout (``<output>`` is a local directory or ``gs://bucket/prefix``)::
 
 ``report/`` and ``model/`` are built aside and published whole, so a failed or interrupted
 run never replaces the previous good ones. The report is drawn in a second process started when
-the run begins (``trainer.report_worker``), while this one exports the model; the time of each
-phase goes into ``metrics.json`` as ``phase_seconds`` (``trainer.phases``).
+the run begins (``trainer.report.worker``), while this one exports the model; the time of each
+phase goes into ``metrics.json`` as ``phase_seconds`` (``trainer.runtime.stopwatch``).
 
-With several workers (``trainer.multiworker``) every worker trains and evaluates, and only
+With several workers (``trainer.runtime.multiworker``) every worker trains and evaluates, and only
 worker 0 writes the run directory; the others read it (to resume from its checkpoint) and write
 nothing shared. Worker 0 writes ``config.yaml`` only once all workers joined, so a worker that
 finds it knows this is a restart (and first lets the previous attempt's workers leave).
@@ -31,17 +31,20 @@ from pathlib import Path
 
 import yaml
 
-from trainer import data as data_lib
-from trainer import defaults, multiworker, runlog, weights
-from trainer.checkpoint import Checkpointer
 from trainer.config import TrainConfig
-from trainer.errors import ConfigError, DataError
-from trainer.observer import RunObserver
-from trainer.phases import Phases
-from trainer.preemption import PhasedStop, SaveTimer, critical
-from trainer.quoting import brief
-from trainer.report_worker import ReportWorker
+from trainer.core.errors import ConfigError, DataError
+from trainer.core.preemption import PhasedStop, SaveTimer, critical
+from trainer.core.quoting import brief
+from trainer.data import dataset as data_lib
+from trainer.data import scan
+from trainer.model import weights
+from trainer.report.worker import ReportWorker
+from trainer.runtime import multiworker, runlog
+from trainer.runtime.stopwatch import Phases
 from trainer.storage import RunDir
+from trainer.training import checkpoint
+from trainer.training.checkpoint import Checkpointer
+from trainer.training.observer import RunObserver
 
 log = logging.getLogger(__name__)
 
@@ -126,13 +129,13 @@ def _run(cfg: TrainConfig, stop, phases: Phases, reports: ReportWorker) -> dict:
     run_dir = multiworker.open_run_dir_for(cluster, cfg.output, scratch / "staging")
     run_log = runlog.start(run_dir)
     stop.enter("data loading")  # a bucket prefix is downloaded here too
-    cfg = defaults.fit_to_source(cfg, scratch).config  # image size etc. from the images
+    cfg = scan.fit_to_source(cfg, scratch).config  # image size etc. from the images
     init_weights = weights.resolve(cfg, scratch)  # before config.yaml: it records their checksum
     if init_weights.path:
         cfg = dataclasses.replace(cfg, auto_reasons={
             **cfg.auto_reasons, "weights_source": f"{init_weights.source}, sha256 {init_weights.sha256}"})
     _check_same_run(run_dir, cfg)
-    if cluster is not None and multiworker.finished(run_dir, cfg.epochs):
+    if cluster is not None and checkpoint.finished(run_dir, cfg.epochs):
         if not cluster.is_chief:  # worker 0 alone evaluates and reports; no peers needed
             log.info("all %d epochs are trained; worker 0 writes the report", cfg.epochs)
             return {}
@@ -143,8 +146,8 @@ def _run(cfg: TrainConfig, stop, phases: Phases, reports: ReportWorker) -> dict:
     dataset = data_lib.open_dataset(cfg, scratch)
     phases.lap("data")
 
-    from trainer.devices import make_runtime
-    from trainer.train import Trainer
+    from trainer.runtime.devices import make_runtime
+    from trainer.training.loop import Trainer
 
     stop.enter("model building")
     if restart:
@@ -253,8 +256,8 @@ def _report_export_promote(cfg: TrainConfig, stop, phases: Phases, reports: Repo
                      y_true=test["labels"][:shown], config=cfg.to_dict())
 
     def model_into(directory: Path) -> None:
-        from trainer.backbones import save_backbone_weights
-        from trainer.export import export_model
+        from trainer.model.backbones import save_backbone_weights
+        from trainer.model.export import export_model
 
         export_model(result.model, list(dataset.class_names), cfg.image_size, cfg.model, directory)
         save_backbone_weights(result.model, directory / "backbone.weights.h5")  # for weights: <file>

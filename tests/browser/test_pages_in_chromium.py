@@ -19,8 +19,8 @@ import pytest
 
 from jobs import runs
 from tests.browser.chromium import PAGE_CHECK, Browser, find
-from trainer import progress
 from trainer.report import build_metrics, write_report
+from trainer.training import progress
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts" / "browser"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer.errors import EXIT_CONFIG, EXIT_DATA, EXIT_PREEMPTED
+from trainer.core.errors import EXIT_CONFIG, EXIT_DATA, EXIT_PREEMPTED
 
 pytestmark = [pytest.mark.gcs, pytest.mark.slow]
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trainer.errors import EXIT_DATA
+from trainer.core.errors import EXIT_DATA
 
 pytestmark = [pytest.mark.gcs, pytest.mark.slow]
 

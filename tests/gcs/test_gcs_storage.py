@@ -15,7 +15,7 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from trainer import storage
-from trainer.errors import EXIT_CONFIG, EXIT_DATA, ConfigError, DataError
+from trainer.core.errors import EXIT_CONFIG, EXIT_DATA, ConfigError, DataError
 from trainer.storage import gcs, gcs_rundir, transfer
 from trainer.storage.dataset_cache import download_prefix
 from trainer.storage.uri import parse_uri
@@ -325,7 +325,7 @@ def test_iam_refusals_are_config_errors(gcs_client, bucket, tmp_path, monkeypatc
 
 
 def test_push_local_folder_then_train_layout_comes_back(gcs_client, bucket, tmp_path):
-    from trainer.storage.dataset_push import push_dataset
+    from trainer.data.push import push_dataset
 
     src = tmp_path / "src"
     for cls, n in (("cat", 3), ("dog", 2)):
@@ -346,7 +346,7 @@ def test_push_local_folder_then_train_layout_comes_back(gcs_client, bucket, tmp_
 
 
 def test_push_builtin_digits(gcs_client, tmp_path):
-    from trainer.storage.dataset_push import push_dataset
+    from trainer.data.push import push_dataset
 
     bucket = f"t-push-digits-{uuid.uuid4().hex[:8]}"
     assert push_dataset("builtin:digits", f"gs://{bucket}/digits", create_bucket=True) == 1797
@@ -356,7 +356,7 @@ def test_push_builtin_digits(gcs_client, tmp_path):
 
 
 def test_push_errors(gcs_emulator, tmp_path):
-    from trainer.storage.dataset_push import push_dataset
+    from trainer.data.push import push_dataset
 
     with pytest.raises(ConfigError, match="destination must be gs://"):
         push_dataset("builtin:digits", str(tmp_path / "out"))

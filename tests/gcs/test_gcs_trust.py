@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer.errors import EXIT_DATA
+from trainer.core.errors import EXIT_DATA
 
 pytestmark = [pytest.mark.gcs]
 

@@ -9,9 +9,9 @@ import json
 import pytest
 
 from jobs import runs, status
-from trainer import progress
-from trainer.errors import StorageError, TrainerError
+from trainer.core.errors import StorageError, TrainerError
 from trainer.storage import small_files
+from trainer.training import progress
 
 pytestmark = pytest.mark.gcs
 

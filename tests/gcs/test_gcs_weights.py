@@ -1,4 +1,4 @@
-"""Initial weights from a bucket (trainer/weights.py) against the GCS emulator: a backbone's
+"""Initial weights from a bucket (trainer/model/weights.py) against the GCS emulator: a backbone's
 weights file given as ``weights: gs://...``, and ImageNet weights found in a ``gs://``
 ``weights_mirror`` (stood in for by a file the test writes; nothing is downloaded)."""
 
@@ -10,16 +10,16 @@ import numpy as np
 import pytest
 
 from trainer.config import load_config
-from trainer.errors import ConfigError
+from trainer.core.errors import ConfigError
 
 pytestmark = [pytest.mark.gcs]
 
 
 def test_backbone_weights_from_a_bucket_give_the_same_features(gcs_client, bucket, tmp_path):
-    from trainer.backbones import save_backbone_weights
-    from trainer.models import build_model
-    from trainer.schedule import find_backbone
-    from trainer.weights import resolve
+    from trainer.model.backbones import save_backbone_weights
+    from trainer.model.build import build_model
+    from trainer.model.schedule import find_backbone
+    from trainer.model.weights import resolve
 
     source = build_model("mobilenetv3small", 32, 3)
     local = tmp_path / "mnv3.weights.h5"
@@ -42,8 +42,8 @@ def test_backbone_weights_from_a_bucket_give_the_same_features(gcs_client, bucke
 
 
 def test_imagenet_weights_from_a_gs_mirror_after_the_keras_cache(gcs_client, bucket, tmp_path, monkeypatch):
-    from trainer.backbones import BACKBONES
-    from trainer.weights import resolve
+    from trainer.model.backbones import BACKBONES
+    from trainer.model.weights import resolve
 
     fname = BACKBONES["resnet50"].imagenet_file
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))  # empty: nothing baked

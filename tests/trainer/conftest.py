@@ -33,7 +33,7 @@ def preempt_trainer(args: list[str], tmp_path: Path, out: Path) -> str:
     """Start ``python -m trainer ARGS``, SIGTERM it once its first checkpoint is saved, and
     return its stderr after checking that it exited 143 (preempted). The run must save a
     checkpoint: pass ``steps_per_execution=1`` and enough epochs that it is still training."""
-    from trainer.errors import EXIT_PREEMPTED
+    from trainer.core.errors import EXIT_PREEMPTED
 
     env = {**os.environ, "KUBETRAIN_SCRATCH": str(tmp_path / "scratch"), "TF_CPP_MIN_LOG_LEVEL": "2"}
     proc = subprocess.Popen([sys.executable, "-m", "trainer", *args], cwd=REPO, env=env,
@@ -62,7 +62,7 @@ def write_png(path: Path, array: np.ndarray) -> None:
 @pytest.fixture(scope="session")
 def digits_folder(tmp_path_factory) -> Path:
     """builtin:digits written as PNG files in class folders: a real class-folder dataset."""
-    from trainer.builtin import export_builtin
+    from trainer.data.builtin import export_builtin
 
     root = tmp_path_factory.mktemp("digits-folder")
     assert export_builtin("digits", root) == 1797

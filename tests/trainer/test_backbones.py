@@ -1,5 +1,5 @@
-"""keras.applications backbones (trainer/backbones.py), initial weights (trainer/weights.py) and
-the head / fine-tune phases (trainer/schedule.py), with real TensorFlow on tiny images.
+"""keras.applications backbones (trainer/model/backbones.py), initial weights (trainer/model/weights.py) and
+the head / fine-tune phases (trainer/model/schedule.py), with real TensorFlow on tiny images.
 
 Nothing here downloads: ImageNet weights are stood in for by files the tests write themselves.
 """
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from trainer.config import BACKBONES, load_config
-from trainer.errors import EXIT_CONFIG, ConfigError
+from trainer.core.errors import EXIT_CONFIG, ConfigError
 
 from .conftest import run_trainer
 
@@ -28,22 +28,22 @@ def _cfg(data: Path, out: Path, **kw):
 
 
 def _trainer(cfg, **kw):
-    from trainer.data import load_dataset
-    from trainer.devices import make_runtime
-    from trainer.train import Trainer
+    from trainer.data.dataset import load_dataset
+    from trainer.runtime.devices import make_runtime
+    from trainer.training.loop import Trainer
 
     return Trainer(cfg, make_runtime(cfg), load_dataset(cfg, Path(cfg.data)), **kw)
 
 
 def _checkpointer(trainer, out: Path):
-    from trainer.checkpoint import Checkpointer
     from trainer.storage import LocalRunDir
+    from trainer.training.checkpoint import Checkpointer
 
     return Checkpointer(LocalRunDir(str(out)), trainer.model, trainer.optimizer, keep=2)
 
 
 def _features(model, images):
-    from trainer.schedule import find_backbone
+    from trainer.model.schedule import find_backbone
 
     x = images.astype("float32")
     inner = find_backbone(model)
@@ -57,11 +57,11 @@ def _features(model, images):
 def test_each_backbone_trains_saves_and_reloads(tiny_folder, tmp_path, name):
     import keras
 
-    from trainer.train import StopRequest
+    from trainer.core.preemption import StopRequest
 
     cfg = _cfg(tiny_folder, tmp_path / "out", model=name)
     trainer = _trainer(cfg)
-    assert [p.name for p in trainer.phases] == ["train"]  # weights: none = from scratch, one phase
+    assert [p.name for p in trainer.runtime.stopwatch] == ["train"]  # weights: none = from scratch, one phase
     result = trainer.fit(_checkpointer(trainer, tmp_path / "out"), StopRequest())
     assert np.isfinite(result.history["loss"][0])
     trainer.model.save(tmp_path / "model.keras")
@@ -76,7 +76,7 @@ def test_backbone_model_exports_for_serving(tiny_folder, tmp_path):
     """The full export (model.keras + SavedModel) of a backbone model, reloaded, on raw pixels."""
     import tensorflow as tf
 
-    from trainer.export import export_model, load_for_prediction
+    from trainer.model.export import export_model, load_for_prediction
 
     cfg = _cfg(tiny_folder, tmp_path / "out", model="mobilenetv3small")
     trainer = _trainer(cfg)
@@ -94,7 +94,7 @@ def test_backbone_model_exports_for_serving(tiny_folder, tmp_path):
 def test_resnet50_preprocessing_is_caffe_style():
     import keras
 
-    from trainer.models import build_model
+    from trainer.model.build import build_model
 
     keras.mixed_precision.set_global_policy("float32")  # an earlier test may have left bfloat16
     model = build_model("resnet50", SIZE, 2)
@@ -104,9 +104,9 @@ def test_resnet50_preprocessing_is_caffe_style():
 
 
 def test_weights_file_loads_the_same_backbone_and_mismatch_is_a_config_error(tiny_folder, tmp_path):
-    from trainer.backbones import save_backbone_weights
-    from trainer.models import build_model
-    from trainer.weights import resolve
+    from trainer.model.backbones import save_backbone_weights
+    from trainer.model.build import build_model
+    from trainer.model.weights import resolve
 
     first = build_model("mobilenetv3small", SIZE, 3)
     path = tmp_path / "mnv3.weights.h5"
@@ -128,7 +128,7 @@ def test_weights_file_loads_the_same_backbone_and_mismatch_is_a_config_error(tin
 def _bn_momenta(model) -> set[float]:
     import keras
 
-    from trainer.backbones import backbone_of
+    from trainer.model.backbones import backbone_of
 
     return {layer.momentum for layer in backbone_of(model).layers
             if isinstance(layer, keras.layers.BatchNormalization)}
@@ -149,8 +149,8 @@ def _fake_weights(path: Path, content: bytes = b"not really weights") -> Path:
 
 
 def test_imagenet_resolution_order_cache_then_mirror_then_error(tmp_path, monkeypatch):
-    from trainer.backbones import BACKBONES as SPECS
-    from trainer.weights import resolve
+    from trainer.model.backbones import BACKBONES as SPECS
+    from trainer.model.weights import resolve
 
     fname = SPECS["mobilenetv3small"].imagenet_file
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
@@ -199,11 +199,11 @@ class _StopInFineTune:
 
 
 def test_resume_in_fine_tune_phase_restores_trainable_layers(tiny_folder, tmp_path):
-    from trainer.backbones import save_backbone_weights
-    from trainer.errors import Preempted
-    from trainer.models import build_model
-    from trainer.schedule import find_backbone
-    from trainer.train import StopRequest
+    from trainer.core.errors import Preempted
+    from trainer.core.preemption import StopRequest
+    from trainer.model.backbones import save_backbone_weights
+    from trainer.model.build import build_model
+    from trainer.model.schedule import find_backbone
 
     path = tmp_path / "pre.weights.h5"
     save_backbone_weights(build_model("mobilenetv3small", SIZE, 3), path)
@@ -240,8 +240,8 @@ def test_fine_tuning_under_mirrored_strategy_with_mixed_precision(tiny_folder, t
     completes, and the exported model's head computes in float32 and gives probabilities."""
     import keras
 
-    from trainer.backbones import save_backbone_weights
-    from trainer.models import build_model
+    from trainer.model.backbones import save_backbone_weights
+    from trainer.model.build import build_model
 
     weights = tmp_path / "pre.weights.h5"
     save_backbone_weights(build_model("mobilenetv3small", SIZE, 3), weights)
@@ -259,7 +259,7 @@ def test_fine_tuning_under_mirrored_strategy_with_mixed_precision(tiny_folder, t
     assert model.layers[-1].compute_dtype == "float32"
     probs = model.predict(np.full((2, SIZE, SIZE, 3), 128, np.uint8), verbose=0)
     assert probs.dtype == np.float32 and np.allclose(probs.sum(-1), 1.0, atol=1e-3)
-    from trainer.schedule import find_backbone
+    from trainer.model.schedule import find_backbone
 
     expected = {"mixed_bfloat16": "bfloat16", "float32": "float32"}[metrics["precision"]]
     body = {layer.compute_dtype for layer in find_backbone(model).layers if layer.weights}

@@ -1,4 +1,4 @@
-"""The best validation epoch's weights are the ones evaluated and exported (trainer/best.py)."""
+"""The best validation epoch's weights are the ones evaluated and exported (trainer/training/best.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from .test_training import _cfg, _checkpointer, _trainer
 
 @pytest.mark.parametrize("mode", ["best", "last"])
 def test_fit_returns_the_selected_epochs_weights(tmp_path, mode):
-    from trainer.train import StopRequest
+    from trainer.core.preemption import StopRequest
 
     cfg = _cfg(tmp_path, epochs=3, export_epoch=mode, lr_schedule="constant", learning_rate=0.01)
     trainer = _trainer(cfg)

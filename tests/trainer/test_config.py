@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from trainer.config import load_config, parse_overrides, read_yaml
-from trainer.errors import EXIT_CONFIG, EXIT_DATA, ConfigError
+from trainer.core.errors import EXIT_CONFIG, EXIT_DATA, ConfigError
 
 from .conftest import run_trainer
 

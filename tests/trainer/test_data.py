@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from trainer.config import load_config
-from trainer.data import (
+from trainer.core.errors import DataError
+from trainer.data.dataset import (
     assign_splits,
     discover,
     load_builtin,
@@ -16,7 +17,6 @@ from trainer.data import (
     split_files,
     split_position,
 )
-from trainer.errors import DataError
 
 from .conftest import write_png
 
@@ -168,7 +168,7 @@ def test_streaming_path_matches_in_memory_shapes(tiny_folder, tmp_path):
     assert ds.train.paths is not None and ds.train.images is None
     assert ds.skipped_images == 1
 
-    from trainer.pipeline import make_batches, make_source
+    from trainer.data.pipeline import make_batches, make_source
 
     batches = list(make_batches(make_source(ds.train, cfg), len(ds.train), cfg, 8, training=True))
     assert sum(int(b[0].shape[0]) for b in batches) == len(ds.train)
@@ -176,7 +176,7 @@ def test_streaming_path_matches_in_memory_shapes(tiny_folder, tmp_path):
 
 
 def test_pipeline_is_seeded_per_epoch_and_skips_for_resume():
-    from trainer.pipeline import make_batches, make_source
+    from trainer.data.pipeline import make_batches, make_source
 
     cfg = load_config({"data": "builtin:digits", "output": "/tmp/o"})
     ds = load_builtin("digits", cfg)
@@ -194,7 +194,7 @@ def test_pipeline_is_seeded_per_epoch_and_skips_for_resume():
 
 
 def test_augmentation_changes_training_images_only(tiny_folder):
-    from trainer.pipeline import make_batches, make_source
+    from trainer.data.pipeline import make_batches, make_source
 
     cfg = cfg_for(tiny_folder, augment={"rotation": 0.2, "shift": 0.2, "flip": "horizontal"})
     ds = load_dataset(cfg, tiny_folder)

@@ -1,5 +1,5 @@
-"""Defaults that fit the data (trainer/defaults.py), the phase plan and learning-rate schedule
-(trainer/schedule.py) and best-epoch selection (trainer/best.py)."""
+"""Defaults that fit the data (trainer/config/auto.py), the phase plan and learning-rate schedule
+(trainer/model/schedule.py) and best-epoch selection (trainer/training/best.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from trainer.config import load_config
-from trainer.defaults import fit_to_data, scan
+from trainer.data.scan import fit_to_data, scan
 
 from .conftest import write_png
 
@@ -73,7 +73,7 @@ def test_tiny_images_get_no_geometric_jitter():
     pytest.param({"model": "resnet50", "head_epochs": 0}, [("fine_tune", 0, 6, 1e-4, None)], id="no-head-phase"),
 ])
 def test_phase_plan(values, expected):
-    from trainer.schedule import plan
+    from trainer.model.schedule import plan
 
     cfg = load_config({"data": "builtin:digits", "output": "/tmp/o", "epochs": 6, **values})
     got = [(p.name, p.first_epoch, p.epochs, p.peak_lr, p.backbone_layers) for p in plan(cfg, has_backbone=True)]
@@ -81,7 +81,7 @@ def test_phase_plan(values, expected):
 
 
 def test_learning_rate_warms_up_then_decays_in_each_phase():
-    from trainer.schedule import learning_rate, plan
+    from trainer.model.schedule import learning_rate, plan
 
     cfg = load_config({"data": "builtin:digits", "output": "/tmp/o", "epochs": 6, "model": "resnet50",
                        "warmup_epochs": 1})
@@ -99,7 +99,7 @@ def test_learning_rate_warms_up_then_decays_in_each_phase():
 
 
 def test_best_epoch_prefers_accuracy_then_loss_then_earlier():
-    from trainer.best import best_epoch
+    from trainer.training.best import best_epoch
 
     assert best_epoch({}) is None
     assert best_epoch({"val_accuracy": [0.9, 0.95, 0.93], "val_loss": [0.3, 0.2, 0.1]}) == 1

@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trainer import packed
 from trainer.config import load_config
-from trainer.data import open_dataset, split_files
-from trainer.errors import ConfigError, DataError
-from trainer.pack import PackOptions, pack
-from trainer.pipeline import make_batches, make_source
-from trainer.shard_fetcher import file_sha256
+from trainer.core.errors import ConfigError, DataError
+from trainer.data import packed
+from trainer.data.dataset import open_dataset, split_files
+from trainer.data.packer import PackOptions, pack
+from trainer.data.pipeline import make_batches, make_source
+from trainer.data.shard_window import file_sha256
 from trainer.storage import Store
 
 from .conftest import write_png
@@ -202,11 +202,12 @@ def test_corrupt_images_are_skipped_and_counted(folder, tmp_path):
 def test_training_stopped_mid_epoch_resumes_on_the_same_streamed_batches(packed_dir, tmp_path):
     """The training loop on a packed stream: a preempted epoch resumed from its checkpoint
     trains on exactly the batches of an uninterrupted run (same loss, same weights)."""
-    from trainer.checkpoint import Checkpointer
-    from trainer.devices import make_runtime
-    from trainer.errors import Preempted
+    from trainer.core.errors import Preempted
+    from trainer.core.preemption import StopRequest
+    from trainer.runtime.devices import make_runtime
     from trainer.storage import LocalRunDir
-    from trainer.train import StopRequest, Trainer
+    from trainer.training.checkpoint import Checkpointer
+    from trainer.training.loop import Trainer
 
     def trainer_for(out: Path):
         cfg = cfg_for(packed_dir, output=str(out), model="seed_cnn", epochs=1, batch_size=16,
@@ -248,13 +249,14 @@ def test_shard_windows_of_killed_processes_are_removed(tmp_path, monkeypatch):
 
 
 def test_manifest_records_native_size_for_auto_image_size(folder, packed_dir, tmp_path):
-    from trainer import defaults
+    from trainer.config.auto import size_range
+    from trainer.data.scan import fit_to_source
 
     manifest = packed.read_manifest(Store(str(packed_dir)))
     assert manifest.native_size == {"median_shorter_side": 12, "smallest": 12, "largest": 12, "images": 120}
     cfg = load_config({"data": str(packed_dir), "output": str(tmp_path / "o"), "model": "seed_cnn"})
-    lo, hi = defaults.size_range("seed_cnn")
-    resolved = defaults.fit_to_source(cfg, tmp_path / "scratch").config
+    lo, hi = size_range("seed_cnn")
+    resolved = fit_to_source(cfg, tmp_path / "scratch").config
     assert resolved.image_size == min(hi, max(lo, 12))
     folder_cfg = load_config({"data": str(folder), "output": str(tmp_path / "o"), "model": "seed_cnn"})
-    assert defaults.fit_to_source(folder_cfg, tmp_path / "scratch").config.image_size == resolved.image_size
+    assert fit_to_source(folder_cfg, tmp_path / "scratch").config.image_size == resolved.image_size

@@ -10,8 +10,8 @@ import time
 
 import numpy as np
 
-from trainer.phases import Phases, process_age_seconds
-from trainer.report_worker import ReportWorker, tiny_job
+from trainer.report.worker import ReportWorker, tiny_job
+from trainer.runtime.stopwatch import Phases, process_age_seconds
 
 from .conftest import FAST, REPO
 

@@ -17,11 +17,12 @@ TOLERANCE = 0.03
 def _train(tmp_path, precision: str):
     import keras
 
-    from trainer.checkpoint import Checkpointer
-    from trainer.data import load_dataset
-    from trainer.devices import make_runtime
+    from trainer.core.preemption import StopRequest
+    from trainer.data.dataset import load_dataset
+    from trainer.runtime.devices import make_runtime
     from trainer.storage import LocalRunDir
-    from trainer.train import StopRequest, Trainer
+    from trainer.training.checkpoint import Checkpointer
+    from trainer.training.loop import Trainer
 
     out = tmp_path / precision
     cfg = load_config({"data": "builtin:digits", "output": str(out), "model": "seed_cnn", "epochs": 3,

@@ -11,7 +11,7 @@ import pytest
 
 from trainer import promote
 from trainer.config import load_config
-from trainer.data import never_trained_on, split_files, split_rule
+from trainer.data.dataset import never_trained_on, split_files, split_rule
 
 from .conftest import FAST, run_trainer
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trainer.errors import EXIT_CONFIG, EXIT_DATA
+from trainer.core.errors import EXIT_CONFIG, EXIT_DATA
 
 from .conftest import FAST, run_trainer, write_png
 
@@ -189,7 +189,7 @@ def test_huge_and_unlisted_format_images_are_skipped_from_the_header(tiny_folder
 
 
 def test_nan_loss_exits_with_the_diverged_code_and_keeps_the_last_model(run_copy, tmp_path):
-    from trainer.errors import EXIT_DIVERGED
+    from trainer.core.errors import EXIT_DIVERGED
 
     before = snapshot(run_copy)
     out = tmp_path / "fresh"

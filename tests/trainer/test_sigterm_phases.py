@@ -14,7 +14,7 @@ import shutil
 
 import pytest
 
-from trainer.errors import EXIT_PREEMPTED
+from trainer.core.errors import EXIT_PREEMPTED
 
 from .conftest import FAST, run_trainer
 from .test_reliability import error_line, snapshot

@@ -12,12 +12,13 @@ from trainer.config import load_config
 def test_two_epochs_and_three_splits_trace_each_function_once(tmp_path, monkeypatch, shared):
     """Small splits (digits) all evaluate through the one collecting function; above
     SHARED_EVAL_TRACE_MAX_PROBS the per-epoch splits use the summing one, test the collecting one."""
-    from trainer import train
-    from trainer.checkpoint import Checkpointer
-    from trainer.data import load_dataset
-    from trainer.devices import make_runtime
+    from trainer.core.preemption import StopRequest
+    from trainer.data.dataset import load_dataset
+    from trainer.runtime.devices import make_runtime
     from trainer.storage import LocalRunDir
-    from trainer.train import StopRequest, Trainer
+    from trainer.training import loop as train
+    from trainer.training.checkpoint import Checkpointer
+    from trainer.training.loop import Trainer
 
     if not shared:
         monkeypatch.setattr(train, "SHARED_EVAL_TRACE_MAX_PROBS", 0)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from trainer.config import load_config
-from trainer.errors import EXIT_DATA, Preempted
+from trainer.core.errors import EXIT_DATA, Preempted
 
 from .conftest import FAST, REPO, preempt_trainer, run_trainer, write_png
 
@@ -30,23 +30,23 @@ def _cfg(out: Path, **kw):
 
 
 def _trainer(cfg):
-    from trainer.data import load_dataset
-    from trainer.devices import make_runtime
-    from trainer.train import Trainer
+    from trainer.data.dataset import load_dataset
+    from trainer.runtime.devices import make_runtime
+    from trainer.training.loop import Trainer
 
     return Trainer(cfg, make_runtime(cfg), load_dataset(cfg, None))
 
 
 def _checkpointer(trainer, out: Path):
-    from trainer.checkpoint import Checkpointer
     from trainer.storage import LocalRunDir
+    from trainer.training.checkpoint import Checkpointer
 
     return Checkpointer(LocalRunDir(str(out)), trainer.model, trainer.optimizer, keep=2)
 
 
 @pytest.mark.parametrize("model", ["seed_cnn", "resnet_small"])
 def test_each_model_builds_and_trains(tmp_path, model):
-    from trainer.train import StopRequest
+    from trainer.core.preemption import StopRequest
 
     cfg = _cfg(tmp_path, model=model, epochs=2)
     trainer = _trainer(cfg)
@@ -59,7 +59,7 @@ def test_each_model_builds_and_trains(tmp_path, model):
 
 
 def test_seed_cnn_is_the_tutorials_network():
-    from trainer.models import build_model
+    from trainer.model.build import build_model
 
     model = build_model("seed_cnn", 64, 10)
     kinds = [type(layer).__name__ for layer in model.layers]
@@ -72,7 +72,7 @@ def test_seed_cnn_is_the_tutorials_network():
 
 def test_stop_then_resume_mid_epoch_equals_uninterrupted_run(tmp_path):
     """A preempted epoch resumed from its checkpoint trains on the same batches as a clean run."""
-    from trainer.train import StopRequest
+    from trainer.core.preemption import StopRequest
 
     clean_dir, cut_dir = tmp_path / "clean", tmp_path / "cut"
     cfg = _cfg(clean_dir)
@@ -99,10 +99,11 @@ def test_stop_then_resume_mid_epoch_equals_uninterrupted_run(tmp_path):
 _MIRROR_SCRIPT = """
 import json, sys
 from trainer.config import load_config
-from trainer.data import load_dataset
-from trainer.devices import make_runtime
-from trainer.train import Trainer, StopRequest
-from trainer.checkpoint import Checkpointer
+from trainer.data.dataset import load_dataset
+from trainer.runtime.devices import make_runtime
+from trainer.core.preemption import StopRequest
+from trainer.training.loop import Trainer
+from trainer.training.checkpoint import Checkpointer
 from trainer.storage import LocalRunDir
 replicas, per_replica, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 cfg = load_config({"data": "builtin:digits", "output": out, "model": "seed_cnn", "epochs": 2,
@@ -179,8 +180,8 @@ def test_report_images_decode(finished_run):
 def test_exported_model_reloads_and_predicts_raw_images(finished_run, tmp_path):
     import tensorflow as tf
 
-    from trainer.builtin import digits_arrays
-    from trainer.export import load_for_prediction
+    from trainer.data.builtin import digits_arrays
+    from trainer.model.export import load_for_prediction
 
     out, _ = finished_run
     images, labels, _ = digits_arrays()

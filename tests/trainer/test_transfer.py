@@ -10,7 +10,7 @@ only 20 training images per class. What the pretrained backbone learned (which s
 is what task B needs; from scratch, 80 images are too few to learn it.
 
 Everything goes through the real ``Trainer`` with the config a user would write: ``weights:
-<file>`` gives the head phase then the fine-tune phase (trainer/schedule.py), ``weights: none``
+<file>`` gives the head phase then the fine-tune phase (trainer/model/schedule.py), ``weights: none``
 one training phase, both with the same number of epochs.
 """
 
@@ -67,11 +67,12 @@ def _write(root: Path, images: np.ndarray, labels: np.ndarray) -> None:
 
 
 def _fit(tmp: Path, name: str, data: Path, **values):
-    from trainer.checkpoint import Checkpointer
-    from trainer.data import load_dataset
-    from trainer.devices import make_runtime
+    from trainer.core.preemption import StopRequest
+    from trainer.data.dataset import load_dataset
+    from trainer.runtime.devices import make_runtime
     from trainer.storage import LocalRunDir
-    from trainer.train import StopRequest, Trainer
+    from trainer.training.checkpoint import Checkpointer
+    from trainer.training.loop import Trainer
 
     cfg = load_config({"data": str(data), "output": str(tmp / name), "model": BACKBONE, "image_size": SIZE,
                        "batch_size": 32, **values})
@@ -89,7 +90,7 @@ def _test_accuracy(trainer) -> float:
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [int(s) for s in os.environ.get("KUBETRAIN_TRANSFER_SEEDS", "0").split(",")])
 def test_fine_tuning_from_pretrained_weights_beats_scratch(tmp_path, seed):
-    from trainer.backbones import save_backbone_weights
+    from trainer.model.backbones import save_backbone_weights
 
     rng = np.random.default_rng(seed)
     task_a, task_b = tmp_path / "shapes", tmp_path / "pairs"

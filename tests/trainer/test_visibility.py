@@ -8,7 +8,7 @@ import collections
 import json
 
 from tests.trainer.conftest import FAST, preempt_trainer, run_trainer
-from trainer import events, progress
+from trainer.training import events, progress
 
 
 def read_events(directory) -> collections.Counter:
@@ -54,8 +54,8 @@ def test_preempted_then_resumed_run_keeps_events_progress_and_cost(tmp_path):
 
 
 def test_step_scalars_are_written_at_most_once_a_second_and_at_each_epoch_end(tmp_path):
-    from trainer.observer import STEP_EVERY_SECONDS, RunObserver
     from trainer.storage import LocalRunDir
+    from trainer.training.observer import STEP_EVERY_SECONDS, RunObserver
 
     t = [0.0]
     obs = RunObserver(LocalRunDir(str(tmp_path)), epochs=2, steps_per_epoch=100, global_batch=10,

@@ -1,4 +1,4 @@
-"""The exit-code table (trainer/errors.py) is the one source the CLI, the Job's podFailurePolicy,
+"""The exit-code table (trainer/core/errors.py) is the one source the CLI, the Job's podFailurePolicy,
 `jobs status/wait` and the README follow."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from jobs import follow, render
-from trainer import errors
+from trainer.core import errors
 
 REPO = Path(__file__).resolve().parents[2]
 

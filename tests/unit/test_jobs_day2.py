@@ -18,7 +18,7 @@ from jobs.cluster import Conflict, NotFound
 from jobs.durations import parse_duration
 from jobs.spec import parse_spec
 from jobs.submit import submit
-from trainer import progress
+from trainer.training import progress
 
 NIGHTLY = {**SPEC, "name": "nightly", "schedule": "0 3 * * *"}
 

@@ -20,7 +20,13 @@ import yaml
 from jobs import render
 from jobs.spec import load_spec, parse_spec, schedule_period_seconds
 from trainer.config import load_config
-from trainer.errors import EXIT_CONFIG, EXIT_DATA, EXIT_DIVERGED, EXIT_PEER_LOST, EXIT_PREEMPTED
+from trainer.core.errors import (
+    EXIT_CONFIG,
+    EXIT_DATA,
+    EXIT_DIVERGED,
+    EXIT_PEER_LOST,
+    EXIT_PREEMPTED,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 GOLDEN = REPO / "tests" / "golden"

@@ -17,7 +17,7 @@ import yaml
 from jobs import runs
 from jobs.checks import INT32_MAX
 from jobs.spec import SpecError, parse_spec
-from trainer import progress
+from trainer.training import progress
 
 REPO = Path(__file__).resolve().parents[2]
 BASE = {"name": "digits", "image": "kubetrain-trainer-cpu:0.1.0",

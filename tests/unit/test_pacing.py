@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from trainer.pacing import MAX_STEPS, Pacer, steps_for
+from trainer.training.pacing import MAX_STEPS, Pacer, steps_for
 
 
 @pytest.mark.parametrize("step_seconds, steps", [

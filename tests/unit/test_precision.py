@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from trainer.precision import Machine, cache_key, cached_calibration, decide, parse_cpuinfo
+from trainer.runtime.precision import Machine, cache_key, cached_calibration, decide, parse_cpuinfo
 
 # /proc/cpuinfo excerpts of real machines (flags trimmed to the relevant ones plus neighbours).
 EPYC_WITH_BF16 = """processor\t: 0

@@ -13,15 +13,15 @@ The only package that knows about URI schemes (``uri.py``). The rest of the trai
 The modules behind ``gs://``, imported only when a bucket is used (the cloud client costs a
 second at start-up, and ``jobs/`` never needs it): ``gcs.py`` (client, retries, errors),
 ``transfer.py`` (parallel up/downloads), ``dataset_cache.py`` (a bucket prefix mirrored into a
-local cache), ``dataset_push.py`` (``python -m trainer data push``), ``gcs_store.py`` (a bucket
-prefix as a ``Store``), ``gcs_rundir.py`` (a run directory in a bucket).
+local cache), ``gcs_store.py`` (a bucket prefix as a ``Store``), ``gcs_rundir.py`` (a run
+directory in a bucket).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from trainer.errors import DataError
+from trainer.core.errors import DataError
 from trainer.storage.rundir import LocalRunDir, RunDir
 from trainer.storage.store import Store
 from trainer.storage.uri import GCS_SCHEME, is_remote, validate_uri

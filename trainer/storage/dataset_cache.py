@@ -18,7 +18,7 @@ from pathlib import Path
 
 from google.cloud import storage
 
-from trainer.errors import ConfigError, DataError, StorageError
+from trainer.core.errors import ConfigError, DataError, StorageError
 from trainer.storage import gcs, transfer
 from trainer.storage.transfer import size_text
 from trainer.storage.uri import parse_uri, slug

@@ -34,7 +34,7 @@ from google.cloud.storage import exceptions as storage_exceptions
 from google.cloud.storage.retry import DEFAULT_RETRY
 from requests.adapters import HTTPAdapter
 
-from trainer.errors import ConfigError, StorageError, TrainerError
+from trainer.core.errors import ConfigError, StorageError, TrainerError
 
 log = logging.getLogger(__name__)
 

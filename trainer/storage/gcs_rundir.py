@@ -18,7 +18,7 @@ from pathlib import Path
 
 from google.cloud import storage
 
-from trainer.errors import ConfigError, DataError
+from trainer.core.errors import ConfigError, DataError
 from trainer.storage import gcs, transfer
 from trainer.storage.rundir import RunDir
 from trainer.storage.uri import GCS_SCHEME, check_relative, join, parse_uri, slug

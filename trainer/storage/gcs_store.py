@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from trainer.errors import ConfigError, DataError
+from trainer.core.errors import ConfigError, DataError
 from trainer.storage import gcs, transfer
 from trainer.storage.store import Store
 from trainer.storage.uri import GCS_SCHEME, check_relative, join, parse_uri

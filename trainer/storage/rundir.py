@@ -16,7 +16,7 @@ import shutil
 import uuid
 from pathlib import Path
 
-from trainer.errors import ConfigError
+from trainer.core.errors import ConfigError
 
 
 class RunDir:
@@ -61,7 +61,9 @@ class RunDir:
         """
         target = self.local / rel
         old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
-        from trainer.preemption import critical  # lazy: it imports trainer.train, which imports us
+        from trainer.core.preemption import (
+            critical,  # lazy: it imports trainer.training.loop, which imports us
+        )
 
         with critical():  # a SIGTERM between the two renames would leave no ``rel`` at all
             if target.exists():

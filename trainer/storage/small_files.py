@@ -16,7 +16,7 @@ import json
 import os
 from pathlib import Path
 
-from trainer.errors import ConfigError
+from trainer.core.errors import ConfigError
 from trainer.storage.uri import is_remote, parse_uri
 
 

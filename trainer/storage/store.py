@@ -1,8 +1,8 @@
 """A tree of files addressed by relative names, for the packed-dataset format.
 
 ``Store`` (a local directory) and ``gcs_store.GCSStore`` (a bucket prefix, same methods) read,
-write, list and copy files in and out; ``trainer/packed.py`` streams a packed dataset from one
-instead of downloading everything first, and ``trainer/pack.py`` writes one. ``open_store``
+write, list and copy files in and out; ``trainer/data/packed.py`` streams a packed dataset from one
+instead of downloading everything first, and ``trainer/data/packer.py`` writes one. ``open_store``
 (in ``trainer.storage``) picks the implementation from the URI. Nothing here imports a cloud
 client.
 """
@@ -14,7 +14,7 @@ import shutil
 import uuid
 from pathlib import Path
 
-from trainer.errors import DataError
+from trainer.core.errors import DataError
 
 
 class Store:

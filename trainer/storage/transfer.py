@@ -20,8 +20,8 @@ from typing import TypeVar
 
 from google.cloud import storage
 
-from trainer.errors import DataError
-from trainer.quoting import brief
+from trainer.core.errors import DataError
+from trainer.core.quoting import brief
 from trainer.storage import gcs
 from trainer.storage.uri import check_relative, join
 

@@ -13,8 +13,8 @@ import os
 import re
 from pathlib import PurePosixPath
 
-from trainer.errors import ConfigError
-from trainer.quoting import brief
+from trainer.core.errors import ConfigError
+from trainer.core.quoting import brief
 
 GCS_SCHEME = "gs://"
 _BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]\Z")

@@ -1,12 +1,12 @@
 """Defaults that fit the data: how every ``auto`` config value is chosen, and why.
 
-Two steps, both pure (no TensorFlow):
+Pure rules (no I/O, no TensorFlow), in two steps:
 
 * ``resolve(cfg)``, called by ``load_config``: what the config alone decides (initial weights,
   head epochs, warmup) and, for a built-in dataset whose images are known, everything else;
-* ``fit_to_data(cfg, root)``, called by the run after the dataset is on local disk: reads the
-  headers of a sample of the images (no decoding) and picks the input size from their native
-  size and the augmentation from what the pixels can bear.
+* ``fit(cfg, native, where)``: the input size from the images' native size and the
+  augmentation from what the pixels can bear. The facts come from ``trainer.data.scan``, which
+  reads the headers of a sample of the images (no decoding) or a packed dataset's manifest.
 
 The rules, and the mistakes they avoid (issue 13):
 
@@ -33,18 +33,15 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import statistics
 from dataclasses import dataclass
-from pathlib import Path
 
-from trainer.config import BACKBONES, TrainConfig
+from trainer.config.fields import BACKBONES, TrainConfig
 
 log = logging.getLogger(__name__)
 
 BUILTIN_NATIVE_SIZE = {"digits": 8}  # scikit-learn's digits are 8x8
 SCRATCH_SIZE_RANGE = {"seed_cnn": (16, 64), "resnet_small": (16, 64)}
 BACKBONE_SIZE_RANGE = (32, 224)  # keras.applications' minimum input, and their ImageNet size
-SCAN_SAMPLE = 256  # image headers read to find the native size
 JITTER = {"rotation": 0.03, "shift": 0.05, "zoom": 0.05}
 NO_JITTER_BELOW = 16  # px: one pixel is more than 6% of the image
 
@@ -150,68 +147,9 @@ def is_resolved(cfg: TrainConfig) -> bool:
     return bool(cfg.image_size) and None not in (a.flip, a.rotation, a.shift, a.zoom)
 
 
-def _header_size(path: Path) -> tuple[int, int] | None:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as img:  # reads the header only
-            return img.size
-    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError):
-        return None  # the decoding pass counts and reports unreadable files
-
-
-def scan(root: Path, sample: int = SCAN_SAMPLE) -> NativeSize | None:
-    """The native size of a class-folder dataset, from the headers of an even sample of its files."""
-    from trainer.data import discover
-
-    _, found = discover(root)
-    files = [f for split_files, _ in found.values() for f in split_files]
-    if not files:
-        return None
-    step = max(1, len(files) // sample)
-    sizes = [s for s in (_header_size(f) for f in files[::step][:sample]) if s]
-    if not sizes:
-        return None
-    shorter = [min(w, h) for w, h in sizes]
-    return NativeSize(int(statistics.median(shorter)), len(sizes), min(shorter), max(shorter))
-
-
-def fit_to_source(cfg: TrainConfig, scratch: Path) -> Resolved:
-    """``fit_to_data`` for ``cfg.data`` wherever it is: built in, packed (the image sizes its
-    manifest recorded when it was packed) or class folders (fetched first)."""
-    if is_resolved(cfg) or cfg.builtin is not None:
-        return fit_to_data(cfg, None)
-    from trainer import packed, storage
-
-    manifest = packed.read_manifest(storage.open_store(cfg.data))
-    if manifest is not None:
-        n = manifest.native_size
-        if n:
-            return _fit_logged(cfg, NativeSize(n["median_shorter_side"], n["images"], n["smallest"], n["largest"]),
-                               f"median shorter side of the {n['images']} packed images,"
-                               f" {n['smallest']}-{n['largest']} px (manifest)")
-        size = size_range(cfg.model)[1]
-        return _fit_logged(cfg, NativeSize(size, 0, size, size), "a packed dataset that records no image sizes")
-    return fit_to_data(cfg, storage.fetch_dataset(cfg.data, scratch / "datasets"))
-
-
-def fit_to_data(cfg: TrainConfig, root: Path | None) -> Resolved:
-    """Resolve the image-dependent ``auto`` values from the dataset at ``root`` (None = built in)."""
-    if is_resolved(cfg):
-        return Resolved(cfg, {})
-    if root is None:
-        return resolve(cfg)
-    native = scan(root)
-    if native is None:  # nothing readable: the data loader reports it with exit code 3
-        native = NativeSize(size_range(cfg.model)[1], 0, 0, 0)
-        where = "no readable image found"
-    else:
-        where = (f"median shorter side of {native.sampled} sampled images,"
-                 f" {native.smallest}-{native.largest} px")
-    return _fit_logged(cfg, native, where)
-
-
-def _fit_logged(cfg: TrainConfig, native: NativeSize, where: str) -> Resolved:
+def fit(cfg: TrainConfig, native: NativeSize, where: str) -> Resolved:
+    """Resolve the image-dependent ``auto`` values from the images' native size (``where``: how it
+    was found, for the reasons)."""
     reasons: dict[str, str] = {}
     cfg = _fit_size(cfg, native, where, reasons)
     for key, why in reasons.items():

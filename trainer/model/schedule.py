@@ -30,7 +30,7 @@ import math
 from dataclasses import dataclass
 
 from trainer.config import TrainConfig
-from trainer.defaults import pretrained
+from trainer.config.auto import pretrained
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class Phase:
 
 
 def find_backbone(model):
-    """The nested keras.applications model (trainer/backbones.py), or None for the others."""
+    """The nested keras.applications model (trainer/model/backbones.py), or None for the others."""
     import keras
 
     for layer in model.layers:

@@ -1,5 +1,5 @@
 """What the training loop reports to, besides its log: the progress record
-(``trainer.progress``) and TensorBoard events (``trainer.events``), both in the run directory.
+(``trainer.training.progress``) and TensorBoard events (``trainer.training.events``), both in the run directory.
 
 The loop calls two hooks, ``chunk`` after each call into the graph and ``epoch`` after each
 epoch's checkpoint; ``run`` calls ``stopped`` when training ends early and ``finished`` with
@@ -15,10 +15,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from trainer.errors import Preempted
-from trainer.events import DIR as EVENTS_DIR
-from trainer.progress import ProgressRecord
+from trainer.core.errors import Preempted
 from trainer.storage import RunDir
+from trainer.training.events import DIR as EVENTS_DIR
+from trainer.training.progress import ProgressRecord
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class RunObserver(NullObserver):
         self.progress = ProgressRecord(run_dir, epochs, steps_per_epoch, enabled=enabled, clock=clock)
         self.events = None
         if enabled:
-            from trainer.events import EventWriter
+            from trainer.training.events import EventWriter
 
             self.events = EventWriter(run_dir.local)
             self.progress.update(force=True)  # the attempt is visible before the first step

@@ -1,4 +1,4 @@
-"""``python -m trainer data pack SRC DEST``: write a dataset as packed shards (``trainer/packed.py``).
+"""``python -m trainer data pack SRC DEST``: write a dataset as packed shards (``trainer/data/packed.py``).
 
 SRC is ``builtin:digits``, a local class-folder dataset, or one in a bucket (downloaded into
 scratch first, incrementally); DEST is a local directory or ``gs://bucket/prefix``.
@@ -36,8 +36,8 @@ import numpy as np
 
 from trainer import storage
 from trainer.config import BUILTIN_PREFIX, load_config
-from trainer.errors import ConfigError, DataError
-from trainer.packed import (
+from trainer.core.errors import ConfigError, DataError
+from trainer.data.packed import (
     MANIFEST,
     PROGRESS_DIR,
     SHARD_SUFFIX,
@@ -48,7 +48,7 @@ from trainer.packed import (
     example_bytes,
     shard_name,
 )
-from trainer.shard_fetcher import ShardRef, file_sha256
+from trainer.data.shard_window import ShardRef, file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ def _check_image(path: str) -> tuple[bytes, int] | None:
 
 def _source_root(src: str, scratch: Path, tmp: Path) -> Path:
     if src.startswith(BUILTIN_PREFIX):
-        from trainer.builtin import export_builtin
+        from trainer.data.builtin import export_builtin
 
         root = tmp / "builtin"
         count = export_builtin(src[len(BUILTIN_PREFIX):], root)
@@ -110,7 +110,7 @@ def _source_root(src: str, scratch: Path, tmp: Path) -> Path:
 
 def plan_shards(root: Path, cfg, shard_bytes: int) -> tuple[tuple[str, ...], list[_PlannedShard]]:
     """Class names and the shards to write: per split, files in a seeded order, cut by size."""
-    from trainer.data import split_files
+    from trainer.data.dataset import split_files
 
     class_names, found = split_files(root, cfg)
     shards: list[_PlannedShard] = []

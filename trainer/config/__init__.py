@@ -1,10 +1,11 @@
-"""The trainer's one typed configuration.
+"""The trainer's one typed configuration: its keys (``fields.py``), how it is loaded (here) and
+how its ``auto`` values are chosen (``auto.py``).
 
 Layers, applied in order and validated once at the edge:
 defaults -> YAML file (unknown keys rejected) -> command-line overrides -> validation ->
-frozen. Values left at ``auto`` are filled in two steps by ``trainer.defaults``: what depends
+frozen. Values left at ``auto`` are filled in two steps by ``trainer.config.auto``: what depends
 only on the config here, what depends on the images (their native size) after the data scan
-(``trainer.defaults.fit_to_data``). The resolved config, with the reason for every ``auto``
+(``trainer.config.auto.fit_to_data``). The resolved config, with the reason for every ``auto``
 choice, is written next to the outputs (``<output>/config.yaml``) so every run can be reproduced.
 
 This module imports neither TensorFlow nor any cloud client: the launcher (``jobs/``) uses
@@ -16,108 +17,39 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from trainer.errors import ConfigError
-from trainer.quoting import brief
-from trainer.schema import check_keys, doc_field
+from trainer.config.auto import resolve
+from trainer.config.fields import (
+    BACKBONES,
+    BUILTIN_DATASETS,
+    BUILTIN_PREFIX,
+    CACHES,
+    EXPORT_EPOCHS,
+    FLIPS,
+    LR_SCHEDULES,
+    MODELS,
+    OPTIMIZERS,
+    PRECISIONS,
+    SCRATCH_MODELS,
+    STRATEGIES,
+    SWITCHES,
+    AugmentConfig,
+    TrainConfig,
+    field_docs,
+)
+from trainer.core.errors import ConfigError
+from trainer.core.quoting import brief
+from trainer.core.schema import check_keys
 from trainer.storage.uri import is_inside, validate_uri
 
-BUILTIN_PREFIX = "builtin:"
-BUILTIN_DATASETS = ("digits",)
-SCRATCH_MODELS = ("seed_cnn", "resnet_small")
-# keras.applications backbones (trainer/backbones.py builds them; names only here, no TensorFlow)
-BACKBONES = ("efficientnetv2b0", "mobilenetv3small", "mobilenetv3large", "resnet50", "convnext_tiny")
-MODELS = SCRATCH_MODELS + BACKBONES
-OPTIMIZERS = ("adam", "adamw", "sgd")
-LR_SCHEDULES = ("warmup_cosine", "cosine", "constant")
-EXPORT_EPOCHS = ("best", "last")
-FLIPS = ("none", "horizontal", "vertical", "horizontal_and_vertical")
-STRATEGIES = ("auto", "mirrored", "one_device")
-PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
-SWITCHES = ("auto", "on", "off")
-CACHES = ("auto", "memory", "disk", "none")
-
-
-_f = doc_field  # a field with its default, help text and choices (used by --help and errors)
-
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    """Random training-time augmentation (Keras preprocessing layers); None = per-dataset default."""
-
-    rotation: float | None = _f(None, "max rotation as a fraction of a full turn (0.05 = 18 deg)")
-    shift: float | None = _f(None, "max shift as a fraction of height/width")
-    zoom: float | None = _f(None, "max zoom in/out as a fraction")
-    flip: str | None = _f(None, "random flips", FLIPS)
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything one training run needs. Built only by ``load_config``; never mutated."""
-
-    data: str = _f("", "dataset: builtin:digits, a local directory, or gs://bucket/prefix")
-    output: str = _f("", "run directory: a local directory or gs://bucket/prefix")
-    model: str = _f("resnet_small", "network architecture", MODELS)
-    image_size: int = _f(0, "square input size in pixels; 0 = auto: the images' native size, within the model's range")
-    epochs: int = _f(10, "number of passes over the training split")
-    batch_size: int = _f(64, "batch size per replica; global batch = this x replicas")
-    optimizer: str = _f("adam", "optimizer", OPTIMIZERS)
-    learning_rate: float = _f(1e-3, "peak learning rate (scaled by nothing: set it for the global batch)")
-    lr_schedule: str = _f("warmup_cosine", "learning-rate schedule of each training phase", LR_SCHEDULES)
-    warmup_epochs: float | None = _f(None, "linear warmup at the start of each phase; auto = min(1, epochs/10)")
-    weight_decay: float = _f(0.0, "decoupled weight decay (adamw, sgd)")
-    label_smoothing: float = _f(0.0, "label smoothing for the cross-entropy loss")
-    augment: AugmentConfig = _f(AugmentConfig, "training-time augmentation")  # noqa: RUF009 (a Field)
-    val_fraction: float = _f(0.1, "validation share when the dataset has no val/ split")
-    test_fraction: float = _f(0.1, "test share when the dataset has no test/ split")
-    seed: int = _f(1337, "seed for splits, shuffling and initialization")
-    strategy: str = _f("auto", "auto = MirroredStrategy over all GPUs (or cpu_replicas), else one device", STRATEGIES)
-    cpu_replicas: int = _f(0, "split the CPU into N logical devices and mirror over them (tests, no GPU)")
-    precision: str = _f("auto", "auto = per machine: bf16 on CPUs with bf16 units, by compute capability on GPUs", PRECISIONS)
-    jit_compile: str = _f("auto", "XLA compilation; auto = on for GPU, off for CPU (slower there)", SWITCHES)
-    steps_per_execution: int = _f(0, "training steps per call into the compiled graph; 0 = auto: calls of"
-                                  " ~0.5 s from the measured step time (1-128)")
-    cache: str = _f("auto", "decoded-image cache: auto = memory when it fits, else disk", CACHES)
-    stream_window: int = _f(4, "packed datasets: shards fetched ahead onto local scratch while training")
-    max_bad_image_fraction: float = _f(0.01, "corrupt images are skipped; above this share the run fails")
-    max_image_pixels: int = _f(40_000_000, "images larger than this (width x height, read from the "
-                               "header before decoding) are skipped and counted as bad")
-    keep_checkpoints: int = _f(3, "how many epoch checkpoints to keep")
-    rendezvous_timeout_seconds: int = _f(600, "multi-worker: wait at most this long for all workers to join (then exit 1)")
-    collective_timeout_seconds: int = _f(900, "multi-worker: a step waiting longer than this for the others restarts all (exit 75)")
-    export_epoch: str = _f("best", "evaluate and export the weights of the best validation epoch, or the last", EXPORT_EPOCHS)
-    weights: str = _f("auto", "initial weights: imagenet, none, or a .weights.h5 file / gs:// URI for the "
-                              "model; auto = imagenet for keras.applications backbones, none otherwise")
-    weights_mirror: str = _f("", "a directory or gs:// prefix holding Keras' ImageNet weight files, "
-                                 "tried after Keras' cache and before downloading")
-    head_epochs: int | None = _f(None, "pretrained backbones: epochs training the new head on a frozen "
-                                       "backbone first; auto = a third of the epochs (all if epochs < 3)")
-    fine_tune_layers: int | None = _f(None, "pretrained backbones: unfreeze the top N backbone layers after "
-                                            "the head epochs; auto = all; 0 = never")
-    fine_tune_lr_scale: float = _f(0.1, "fine-tuning learning rate = learning_rate x this")
-    export: bool = _f(True, "export the trained model under <output>/model/")
-    promote_to: str = _f("", "copy model/ and report/ here only if better than the model already there")
-    promotion_alpha: float = _f(0.05, "promote_to: promote only when McNemar's test on images neither "
-                                "model trained on gives p below this")
-    promotion_max_recall_drop: float = _f(0.05, "promote_to: no class's recall may drop by more than this")
-    auto_reasons: dict[str, str] = _f(dict, "written by the trainer: how each value left at auto was chosen")  # noqa: RUF009
-
-    @property
-    def builtin(self) -> str | None:
-        """The built-in dataset's name, or None when ``data`` is a directory or bucket."""
-        return self.data[len(BUILTIN_PREFIX):] if self.data.startswith(BUILTIN_PREFIX) else None
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
-
+__all__ = ["BACKBONES", "BUILTIN_DATASETS", "BUILTIN_PREFIX", "CACHES", "EXPORT_EPOCHS", "FLIPS",
+           "LR_SCHEDULES", "MODELS", "OPTIMIZERS", "PRECISIONS", "SCRATCH_MODELS", "STRATEGIES",
+           "SWITCHES", "AugmentConfig", "TrainConfig", "field_docs", "load_config",
+           "merge_values", "parse_overrides", "read_config_file", "read_yaml"]
 
 def _coerce(name: str, value: Any, typ: str, choices: tuple[str, ...] | None) -> Any:
     """Convert one YAML/CLI value to the field's type, or raise ConfigError naming the key."""
@@ -160,7 +92,7 @@ def _coerce(name: str, value: Any, typ: str, choices: tuple[str, ...] | None) ->
 def _build(cls: type, values: Mapping[str, Any], prefix: str = "") -> Any:
     if not isinstance(values, Mapping):
         raise ConfigError(f"config section {brief(prefix.rstrip('.') or '<top>')} must be a mapping")
-    known = {f.name: f for f in fields(cls)}
+    known = {f.name: f for f in dataclasses.fields(cls)}
     check_keys(values, known, prefix, what="config key")
     kwargs = {}
     for name, value in values.items():
@@ -252,7 +184,7 @@ class DuplicateKey(yaml.YAMLError):
 
 def read_yaml(text: str, source: str) -> dict[str, Any]:
     try:
-        loaded = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
+        loaded = yaml.load(text, Loader=_UniqueKeyLoader)
     except DuplicateKey as exc:
         raise ConfigError(f"{brief(source)}: line {exc.problem_mark.line + 1}: {exc.problem}; "
                           "give each key once") from None
@@ -322,32 +254,14 @@ def _validate(cfg: TrainConfig) -> None:
         need(value is None or 0 <= value <= 0.5, f"config key 'augment.{name}': must be in [0, 0.5]")
 
 
-# Cloud Storage bucket names: lowercase letters, digits, '-', '_' and '.', starting and ending
-# with a letter or digit, at most 63 characters (222 with dots, 63 per dot-separated part).
-# Cloud Storage also wants at least 3; not checked, so short emulator names keep working.
 def load_config(
     file_values: Mapping[str, Any] | None = None,
     overrides: Mapping[str, Any] | None = None,
 ) -> TrainConfig:
     """Defaults -> file values -> overrides -> validated, frozen config, with the ``auto`` values
-    known before the data scan resolved (``trainer.defaults.resolve``; the image-dependent ones
-    stay ``auto`` for a directory or bucket until ``trainer.defaults.fit_to_data``)."""
-    from trainer.defaults import resolve
-
+    known before the data scan resolved (``trainer.config.auto.resolve``; the image-dependent ones
+    stay ``auto`` for a directory or bucket until ``trainer.config.auto.fit_to_data``)."""
     merged = merge_values(file_values or {}, overrides or {})
     cfg = _build(TrainConfig, merged)
     _validate(cfg)
     return resolve(cfg).config
-
-
-def field_docs() -> list[tuple[str, str, Any, tuple[str, ...] | None]]:
-    """(dotted key, help, default, choices) for every config key, for --help and the README."""
-    rows = []
-    for f in fields(TrainConfig):
-        if f.default_factory is AugmentConfig:
-            for sub in fields(AugmentConfig):
-                rows.append((f"augment.{sub.name}", sub.metadata["help"], sub.default, sub.metadata["choices"]))
-        else:
-            default = {} if f.default is dataclasses.MISSING else f.default
-            rows.append((f.name, f.metadata["help"], default, f.metadata["choices"]))
-    return rows

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer.errors import DataError
+from trainer.core.errors import DataError
 
 
 def digits_arrays() -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:

@@ -6,12 +6,12 @@ them itself (``Rescaling(1/255)``), so the exported model needs no separate prep
 * ``resnet_small``: a small residual network with batch normalization and global average
   pooling: more accurate for the same budget, and it does not grow with the input size.
 * the keras.applications backbones (``efficientnetv2b0``, ``mobilenetv3small``/``large``,
-  ``resnet50``, ``convnext_tiny``) with a new head: trainer/backbones.py.
+  ``resnet50``, ``convnext_tiny``) with a new head: trainer/model/backbones.py.
 """
 
 from __future__ import annotations
 
-from trainer.errors import ConfigError
+from trainer.core.errors import ConfigError
 
 MIN_IMAGE_SIZE = {"seed_cnn": 14, "resnet_small": 16}
 
@@ -81,7 +81,7 @@ BUILDERS = {"seed_cnn": seed_cnn, "resnet_small": resnet_small}
 def min_image_size(name: str) -> int:
     if name in MIN_IMAGE_SIZE:
         return MIN_IMAGE_SIZE[name]
-    from trainer.backbones import BACKBONES
+    from trainer.model.backbones import BACKBONES
 
     return BACKBONES[name].min_size
 
@@ -89,8 +89,8 @@ def min_image_size(name: str) -> int:
 def build_model(name: str, image_size: int, num_classes: int, weights_path: str | None = None):
     """The named model; ``name`` was validated against ``trainer.config.MODELS``.
 
-    ``weights_path``: initial weights (trainer/weights.py resolved them): the backbone's for a
-    keras.applications backbone (trainer/backbones.py), the whole model's otherwise. A file that
+    ``weights_path``: initial weights (trainer/model/weights.py resolved them): the backbone's for a
+    keras.applications backbone (trainer/model/backbones.py), the whole model's otherwise. A file that
     does not fit is a ConfigError naming it.
     """
     smallest = min_image_size(name)
@@ -100,7 +100,7 @@ def build_model(name: str, image_size: int, num_classes: int, weights_path: str 
         model = target = BUILDERS[name](image_size, num_classes)
         what = "model"
     else:
-        from trainer import backbones
+        from trainer.model import backbones
 
         model = backbones.build(name, image_size, num_classes, pretrained=bool(weights_path))
         target, what = backbones.backbone_of(model), "backbone"

@@ -1,4 +1,4 @@
-"""Datasets: discovery, splits and decoding (the ``tf.data`` pipeline is ``trainer.pipeline``).
+"""Datasets: discovery, splits and decoding (the ``tf.data`` pipeline is ``trainer.data.pipeline``).
 
 A dataset is either built in (``builtin:digits``: scikit-learn's 8x8 handwritten digits, real
 data that ships with a dependency, no download) or a directory with one subfolder per class,
@@ -11,8 +11,8 @@ Images are decoded once, in parallel, resized to ``image_size`` and kept in memo
 when they fit (``cache: auto``); a corrupt or unreadable file is skipped and counted, and the
 run fails past ``max_bad_image_fraction``. Normalization (``/255``) happens inside the model, so
 the exported model takes raw pixels. Larger datasets are streamed from disk by ``tf.data``
-(``trainer.pipeline``). Reading image files is ``trainer.images``; the built-in data is
-``trainer.builtin``.
+(``trainer.data.pipeline``). Reading image files is ``trainer.data.images``; the built-in data is
+``trainer.data.builtin``.
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer.builtin import digits_arrays, resize_gray
 from trainer.config import TrainConfig
-from trainer.errors import DataError
-from trainer.images import Skips, decode_all, verify_all
+from trainer.core.errors import DataError
+from trainer.data.builtin import digits_arrays, resize_gray
+from trainer.data.images import Skips, decode_all, verify_all
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class Split:
     labels: np.ndarray  # int32 [N] (empty for a packed stream: the labels are in its records)
     images: np.ndarray | None = None  # uint8 [N, S, S, 3]
     paths: tuple[str, ...] | None = None
-    stream: object | None = None  # a trainer.packed.PackedSource
+    stream: object | None = None  # a trainer.data.packed.PackedSource
     keys: tuple[str, ...] | None = None  # each image's path relative to the dataset root (promotion)
 
     def __len__(self) -> int:
@@ -330,11 +330,12 @@ def _log_dataset(ds: Dataset) -> None:
 
 
 def open_dataset(cfg: TrainConfig, scratch: Path) -> Dataset:
-    """The dataset named by ``cfg.data``: built in, packed (streamed, see ``trainer/packed.py``),
+    """The dataset named by ``cfg.data``: built in, packed (streamed, see ``trainer/data/packed.py``),
     or class folders (a bucket prefix is downloaded under ``scratch/datasets`` first)."""
     if cfg.builtin is not None:
         return load_dataset(cfg, None)
-    from trainer import packed, storage
+    from trainer import storage
+    from trainer.data import packed
 
     store = storage.open_store(cfg.data)
     manifest = packed.read_manifest(store)
@@ -347,7 +348,7 @@ def open_dataset(cfg: TrainConfig, scratch: Path) -> Dataset:
 
 def load_packed(cfg: TrainConfig, store, manifest, scratch: Path) -> Dataset:
     """A packed dataset's splits as streams; its splits were fixed when it was packed."""
-    from trainer.packed import open_packed
+    from trainer.data.packed import open_packed
 
     if (manifest.seed, manifest.val_fraction, manifest.test_fraction) != (
             cfg.seed, cfg.val_fraction, cfg.test_fraction):
@@ -368,6 +369,6 @@ def stream_errors(dataset: Dataset):
     """A context in which a packed stream's failures become one-line DataErrors (exit 3)."""
     if dataset.train.stream is None:
         return contextlib.nullcontext()
-    from trainer.packed import stream_errors as packed_stream_errors
+    from trainer.data.packed import stream_errors as packed_stream_errors
 
     return packed_stream_errors(dataset.uri)

@@ -2,7 +2,7 @@
 
 A class-folder dataset of many small files is slow to list and fetch from a bucket and, once
 downloaded whole, needs a disk as large as the dataset. ``python -m trainer data pack``
-(``trainer/pack.py``) turns it into a few large shards that are streamed instead::
+(``trainer/data/packer.py``) turns it into a few large shards that are streamed instead::
 
     DEST/manifest.json                       written last: without it the pack is incomplete
     DEST/train/train-00000.tfrecord ...      TFRecord files of tf.train.Example records
@@ -21,7 +21,7 @@ images, and a fingerprint of all of it.
 Streaming (``PackedSource.batches``), per epoch:
 shard order (a seeded permutation per epoch when training; worker ``i`` of ``n`` takes every
 ``n``-th shard of it) -> a bounded window of shards fetched ahead onto local scratch
-(``trainer/shard_fetcher.py``, parallel downloads) -> interleave of ``CYCLE_LENGTH`` shards
+(``trainer/data/shard_window.py``, parallel downloads) -> interleave of ``CYCLE_LENGTH`` shards
 (record by record) -> shuffle buffer (seeded per epoch) -> skip what a resumed epoch already trained on
 (serialized records, nothing decoded) -> decode + resize (parallel) -> batch -> augment ->
 prefetch. The same (seed, epoch) gives the same batches, so a resume lands on the same
@@ -44,15 +44,15 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer.errors import DataError
-from trainer.shard_fetcher import FAILURES, ShardRef, ShardWindow, clear_scratch
+from trainer.core.errors import DataError
+from trainer.data.shard_window import FAILURES, ShardRef, ShardWindow, clear_scratch
 
 log = logging.getLogger(__name__)
 
 FORMAT = "kubetrain.packed-images"
 VERSION = 1
 MANIFEST = "manifest.json"
-PROGRESS_DIR = ".pack"  # exists while a pack is being written (see trainer/pack.py)
+PROGRESS_DIR = ".pack"  # exists while a pack is being written (see trainer/data/packer.py)
 SPLITS = ("train", "val", "test")
 SHARD_SUFFIX = ".tfrecord"
 

@@ -3,7 +3,7 @@
 Building ``report/`` (scikit-learn metrics, four matplotlib figures, the HTML page) cost ~2 s
 of a digits run, most of it importing matplotlib and scikit-learn and, in a pod whose home is
 read-only, building matplotlib's font cache in a fresh ``MPLCONFIGDIR``. None of it needs
-TensorFlow. So ``ReportWorker.start()`` starts ``python -m trainer.report_worker`` when a run
+TensorFlow. So ``ReportWorker.start()`` starts ``python -m trainer.report.worker`` when a run
 begins: while the trainer imports TensorFlow (one busy core) it imports those libraries and
 draws a throw-away report on the other core, then waits for its job on stdin. At the end it
 builds the metrics and writes the report into the run's staging directory while the main
@@ -103,10 +103,10 @@ class ReportWorker:
 
     @classmethod
     def start(cls, scratch: Path) -> ReportWorker:
-        root = str(Path(__file__).resolve().parents[1])  # where ``trainer`` is importable from
+        root = str(Path(__file__).resolve().parents[2])  # where ``trainer`` is importable from
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
         try:
-            proc = subprocess.Popen([sys.executable, "-m", "trainer.report_worker"], env=env,
+            proc = subprocess.Popen([sys.executable, "-m", "trainer.report.worker"], env=env,
                                     stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                     stderr=subprocess.PIPE)
         except OSError as exc:

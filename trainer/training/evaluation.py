@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 
-from trainer import multiworker
+from trainer.runtime import multiworker
 
 EVAL_BATCH = 256  # at least this many images per step (global), for throughput
 
@@ -28,10 +28,10 @@ def eval_global_batch(per_replica_batch: int, replicas: int) -> int:
 
 def examples(source, image_size: int):
     """Unbatched ``(image, label)`` examples of a split's source, in order (packed or not)."""
-    if hasattr(source, "records"):  # a packed stream (trainer.packed.PackedSource)
+    if hasattr(source, "records"):  # a packed stream (trainer.data.packed.PackedSource)
         import tensorflow as tf
 
-        from trainer.packed import decode_record
+        from trainer.data.packed import decode_record
 
         return source.records(0, training=False).map(
             decode_record(image_size), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from google.cloud import storage
 
-from trainer.errors import ConfigError, DataError
+from trainer.core.errors import ConfigError, DataError
 from trainer.storage import gcs, transfer
 from trainer.storage.uri import is_remote, join, parse_uri
 
@@ -42,7 +42,7 @@ def push_dataset(
     if workers < 1:
         raise ConfigError(f"data push: workers must be >= 1, got {workers}")
     if src.startswith(BUILTIN_PREFIX):
-        from trainer.builtin import export_builtin
+        from trainer.data.builtin import export_builtin
 
         with tempfile.TemporaryDirectory(prefix="kubetrain-push-") as tmp:
             count = export_builtin(src[len(BUILTIN_PREFIX):], Path(tmp))

@@ -5,9 +5,9 @@ over N logical CPU devices when ``cpu_replicas`` asks for it (tests exercise the
 path without a GPU); ``OneDeviceStrategy`` on a single GPU, so that batches are prefetched onto
 the device while the previous steps run (``MirroredStrategy`` does the same per replica); the
 default strategy on a CPU (no copy to make, no wrapping cost). With more than one worker
-(``cluster``, see ``trainer.multiworker``) it is ``MultiWorkerMirroredStrategy``: every local GPU
+(``cluster``, see ``trainer.runtime.multiworker``) it is ``MultiWorkerMirroredStrategy``: every local GPU
 of every worker is a replica (one CPU device per worker without GPUs). Precision and XLA follow
-what the machine has (``trainer.precision``: bf16 on CPUs with bf16 units, mixed precision by
+what the machine has (``trainer.runtime.precision``: bf16 on CPUs with bf16 units, mixed precision by
 GPU compute capability), and the choice is logged with its reason.
 
 Must be called before TensorFlow initializes its devices (before any op runs).
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trainer.config import TrainConfig
-from trainer.errors import ConfigError
+from trainer.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ class Runtime:
     device_kind: str  # "gpu" or "cpu"
     precision: str  # keras dtype policy name
     jit_compile: bool
-    reason: str = ""  # why this precision and XLA setting (trainer.precision.decide)
+    reason: str = ""  # why this precision and XLA setting (trainer.runtime.precision.decide)
     workers: int = 1  # processes (pods) training in sync
     worker_index: int = 0
 
@@ -58,7 +58,7 @@ def import_tensorflow() -> None:
     """Import TensorFlow and Keras without the optional integrations Keras loads at import time.
 
     The trainer never calls Keras' plotting or scikit-learn wrappers, and the report (the one
-    user of matplotlib and scikit-learn) is drawn in its own process (``trainer.report_worker``).
+    user of matplotlib and scikit-learn) is drawn in its own process (``trainer.report.worker``).
     Hiding them for the duration of the import saves ~0.9 s of every run's start-up; afterwards
     they import normally for whoever needs them (Keras' wrappers stay disabled in this process).
     """
@@ -95,8 +95,8 @@ def _split_cpu(n: int) -> None:
 
 
 def choose_precision(cfg: TrainConfig, gpus: list, cache_dir: Path | None):
-    """``trainer.precision.decide`` on this machine's facts, calibrating (cached) if it asks to."""
-    from trainer import precision as prec
+    """``trainer.runtime.precision.decide`` on this machine's facts, calibrating (cached) if it asks to."""
+    from trainer.runtime import precision as prec
 
     machine = prec.observe(gpus)
     choice = prec.decide(machine, cfg.precision, cfg.jit_compile)
@@ -129,7 +129,7 @@ def make_runtime(cfg: TrainConfig, cache_dir: Path | None = None, cluster=None) 
         if cfg.cpu_replicas > 1 or cfg.strategy == "one_device":
             raise ConfigError("multi-worker runs use every GPU of each worker (one CPU device without"
                               " GPUs): leave strategy at auto/mirrored and cpu_replicas at 0 or 1")
-        from trainer import multiworker
+        from trainer.runtime import multiworker
 
         workers, index = cluster.num_workers, cluster.index
     elif cfg.cpu_replicas and not gpus:

@@ -1,6 +1,6 @@
 """A bounded window of shards on local scratch: fetched ahead in parallel, deleted once read.
 
-The streaming reader (``trainer/packed.py``) asks for shard ``k`` of an epoch's order with
+The streaming reader (``trainer/data/packed.py``) asks for shard ``k`` of an epoch's order with
 ``path(k)`` (blocking until it is on local disk and verified) and hands the path to
 ``tf.data``; when the reader has read a shard to its end it calls ``release(k)``, which deletes
 the local copy. Asking for shard ``k`` starts the downloads of shards ``k+1 .. k+ahead`` on
@@ -12,7 +12,7 @@ the local disk therefore holds at most the shards being read (the interleave's c
 Every shard is checked against the manifest before ``tf.data`` sees it: its size (a truncated
 object) and its SHA-256 (a damaged or replaced one). A mismatch is a ``DataError`` naming the
 shard, recorded in ``FAILURES`` too, because ``tf.data`` wraps exceptions raised in a generator
-into its own error types (``trainer.packed.stream_errors`` turns them back into exit 3).
+into its own error types (``trainer.data.packed.stream_errors`` turns them back into exit 3).
 
 A shard of a local packed dataset is read in place (no copy), after the same checks, done once
 per process per file.
@@ -30,7 +30,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from trainer.errors import DataError
+from trainer.core.errors import DataError
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from trainer.config import BACKBONES, TrainConfig
-from trainer.errors import ConfigError
+from trainer.core.errors import ConfigError
 from trainer.storage import small_files
 from trainer.storage.uri import is_remote
 
@@ -78,7 +78,7 @@ def _found(kind: str, source: str, path: Path) -> InitialWeights:
 
 
 def _imagenet(cfg: TrainConfig, scratch: Path) -> InitialWeights:
-    from trainer.backbones import BACKBONES as SPECS
+    from trainer.model.backbones import BACKBONES as SPECS
 
     spec = SPECS[cfg.model]
     fname = spec.imagenet_file

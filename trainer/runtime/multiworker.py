@@ -45,7 +45,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from trainer.errors import EXIT_PEER_LOST, EXIT_UNEXPECTED, ConfigError, PeerLost
+from trainer.core.errors import EXIT_PEER_LOST, EXIT_UNEXPECTED, ConfigError, PeerLost
 from trainer.storage import RunDir
 
 log = logging.getLogger(__name__)
@@ -293,18 +293,6 @@ def settle() -> None:
     log.info("restart of a multi-worker run: waiting %d s so the previous attempt's workers "
              "have all exited", seconds)
     time.sleep(seconds)
-
-
-def finished(run_dir: RunDir, epochs: int) -> bool:
-    """True when the run directory's last checkpoint has all ``epochs`` trained."""
-    from trainer.checkpoint import MARKER
-
-    if not run_dir.pull(MARKER):
-        return False
-    try:
-        return json.loads((run_dir.local / MARKER).read_text()).get("epoch", 0) >= epochs
-    except (OSError, ValueError):
-        return False
 
 
 def make_strategy(cluster: Cluster, rendezvous_timeout_seconds: float, collective_timeout_seconds: float):

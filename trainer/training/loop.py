@@ -3,7 +3,7 @@
 Not ``model.fit``: under ``MultiWorkerMirroredStrategy`` Keras 3's ``fit`` fails (keras#20585)
 while a ``strategy.run`` step on the same model trains in sync, so this loop runs unchanged
 under the default strategy, ``MirroredStrategy`` and ``MultiWorkerMirroredStrategy``
-(``trainer.multiworker``). It also owns what
+(``trainer.runtime.multiworker``). It also owns what
 ``fit`` cannot give us: a checkpoint at any step boundary when SIGTERM arrives, and a resume
 that continues mid-epoch on the same batches.
 
@@ -11,7 +11,7 @@ Per call into the compiled graph the loop runs ``steps_per_execution`` steps, re
 loss sum, correct count and example count across replicas; Python sees one small tensor per
 call, so the host never stalls the devices. The same reduction carries each worker's "SIGTERM
 arrived" flag, so with several workers all of them stop at the same step and worker 0 saves
-one consistent checkpoint. Evaluation runs on every replica too (``trainer.evaluation``).
+one consistent checkpoint. Evaluation runs on every replica too (``trainer.training.evaluation``).
 """
 
 from __future__ import annotations
@@ -20,43 +20,31 @@ import logging
 import math
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from trainer import data as data_lib
-from trainer import multiworker, pipeline, schedule
-from trainer.best import BestWeights
-from trainer.checkpoint import Checkpointer, Position
 from trainer.config import TrainConfig
-from trainer.devices import Runtime
-from trainer.errors import Diverged, PeerLost, Preempted
-from trainer.evaluation import Evaluator, eval_global_batch, examples, padded_batches
-from trainer.models import build_model
-from trainer.observer import NullObserver
-from trainer.pacing import MULTI_WORKER_STEPS, Pacer
+from trainer.core.errors import Diverged, PeerLost, Preempted
+from trainer.core.preemption import StopRequest
+from trainer.data import dataset as data_lib
+from trainer.data import pipeline
+from trainer.model import schedule
+from trainer.model.build import build_model
+from trainer.model.optimizer import make_optimizer, per_example_loss
+from trainer.runtime import multiworker
+from trainer.runtime.devices import Runtime
+from trainer.training.best import BestWeights
+from trainer.training.checkpoint import Checkpointer, Position
+from trainer.training.evaluation import Evaluator, eval_global_batch, examples, padded_batches
+from trainer.training.observer import NullObserver
+from trainer.training.pacing import MULTI_WORKER_STEPS, Pacer
 
 log = logging.getLogger(__name__)
 
 SHARED_EVAL_TRACE_MAX_PROBS = 1_000_000  # 4 MB of float32 probabilities per evaluation
-
-
-class StopRequest:
-    """Set from a signal handler; the loop checks it between calls into the graph."""
-
-    def __init__(self) -> None:
-        self._event = threading.Event()
-        self.reason = ""
-
-    def set(self, reason: str) -> None:
-        self.reason = reason
-        self._event.set()
-
-    def __bool__(self) -> bool:
-        return self._event.is_set()
 
 
 @dataclass
@@ -69,33 +57,6 @@ class FitResult:
     images_per_second: float  # median over epochs after the first (tracing) epoch
     selected_epoch: int = 0  # 1-based epoch whose weights the model holds (export_epoch)
     selection: str = ""  # why that epoch
-
-
-def make_optimizer(cfg: TrainConfig, lr):
-    """The configured optimizer over ``lr`` (a float or a schedule: see trainer/schedule.py)."""
-    import keras
-
-    if cfg.optimizer == "adam":
-        opt = keras.optimizers.Adam(lr)
-    elif cfg.optimizer == "adamw":
-        opt = keras.optimizers.AdamW(lr, weight_decay=cfg.weight_decay)
-    else:
-        opt = keras.optimizers.SGD(lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay or None)
-    if keras.mixed_precision.global_policy().name == "mixed_float16":
-        opt = keras.optimizers.LossScaleOptimizer(opt)  # float16 gradients need loss scaling
-    return opt
-
-
-def _per_example_loss(cfg: TrainConfig, num_classes: int):
-    import keras
-    import tensorflow as tf
-
-    if cfg.label_smoothing:
-        def loss(labels, probs):
-            onehot = tf.one_hot(labels, num_classes)
-            return keras.losses.categorical_crossentropy(onehot, probs, label_smoothing=cfg.label_smoothing)
-        return loss
-    return lambda labels, probs: keras.losses.sparse_categorical_crossentropy(labels, probs)
 
 
 class _Progress:
@@ -126,8 +87,8 @@ class Trainer:
                  init_weights=None):
         import keras  # lazy, like every TensorFlow import: `jobs` and --help stay light
 
-        if init_weights is None:  # trainer/weights.py: none, ImageNet or a file, as a local path
-            from trainer import weights
+        if init_weights is None:  # trainer/model/weights.py: none, ImageNet or a file, as a local path
+            from trainer.model import weights
 
             init_weights = weights.resolve(cfg, Path(cache_dir or tempfile.gettempdir()))
         self.init_weights = init_weights
@@ -150,7 +111,7 @@ class Trainer:
             # built for every variable any phase trains: its state is the same in every phase
             self.optimizer.build(schedule.optimizer_variables(self.model, self.phases))
         self.phase = None  # set per epoch by _enter_phase
-        self.loss_fn = _per_example_loss(cfg, dataset.num_classes)
+        self.loss_fn = per_example_loss(cfg, dataset.num_classes)
         self._train_chunk = self._make_train_chunk()
         self._evaluator = Evaluator(self.model, self.loss_fn, strategy, runtime.jit_compile)
         # Steps per call; 0 = sized from the step time, per process: workers must agree on every
@@ -242,7 +203,7 @@ class Trainer:
     # Over 60 lines: the epoch loop's resume position, stop checks and chunk pacing share state;
     # split apart (not done in #14: no time to test it) they would need a mutable loop object.
     def fit(self, checkpointer: Checkpointer, stop: StopRequest, observer=None) -> FitResult:
-        """Train the remaining epochs. ``observer`` (``trainer.observer``) gets a call per
+        """Train the remaining epochs. ``observer`` (``trainer.training.observer``) gets a call per
         chunk and per epoch: progress record and TensorBoard events."""
         import tensorflow as tf
 

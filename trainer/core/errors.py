@@ -113,7 +113,7 @@ class PeerLost(TrainerError):
     """Multi-worker: a collective failed because another worker died or hangs.
 
     Only raised for TensorFlow's Unavailable/DeadlineExceeded/Aborted errors inside a collective
-    of a multi-worker run (``trainer.multiworker``), never for a bug, so ignoring it in the
+    of a multi-worker run (``trainer.runtime.multiworker``), never for a bug, so ignoring it in the
     Job's ``podFailurePolicy`` cannot hide one. Nothing was saved by this worker; worker 0's
     last checkpoint is where the restarted workers resume.
     """

@@ -3,7 +3,7 @@
 Kubernetes sends SIGTERM on preemption or eviction and SIGKILL after the pod's grace period
 (30 s on GKE Spot). What "stop" means depends on the phase:
 
-* training (``trainer/train.py``): the loop checks the request between calls into the graph,
+* training (``trainer/training/loop.py``): the loop checks the request between calls into the graph,
   saves a checkpoint at that step boundary and raises ``Preempted``;
 * every other phase (download, data loading, evaluation, report, export, promotion) has nothing
   to save: the last checkpoint already holds all the training, ``report/`` and ``model/`` are
@@ -23,14 +23,29 @@ import contextlib
 import logging
 import os
 import signal
+import threading
 from collections.abc import Iterator
 
-from trainer.errors import EXIT_PREEMPTED, Preempted
-from trainer.train import StopRequest
+from trainer.core.errors import EXIT_PREEMPTED, Preempted
 
 log = logging.getLogger(__name__)
 
 RESUME_HINT = "restart with the same --output to resume"
+
+
+class StopRequest:
+    """Set from a signal handler; the loop checks it between calls into the graph."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self.reason = ""
+
+    def set(self, reason: str) -> None:
+        self.reason = reason
+        self._event.set()
+
+    def __bool__(self) -> bool:
+        return self._event.is_set()
 
 
 class PhasedStop(StopRequest):
@@ -93,7 +108,7 @@ class PhasedStop(StopRequest):
 
 
 _active: PhasedStop | None = None
-_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep  # the trainer's own code
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep  # the trainer's own code
 RETRY_SECONDS = 0.05  # how soon a stop interrupted inside library code is retried
 
 # Fault injection for tests: "PHASE" makes the process send itself a real SIGTERM as PHASE

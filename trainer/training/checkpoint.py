@@ -16,8 +16,8 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 
-from trainer.errors import ConfigError, DataError
-from trainer.quoting import brief
+from trainer.core.errors import ConfigError, DataError
+from trainer.core.quoting import brief
 from trainer.storage import RunDir
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,16 @@ class Position:
     step: int = 0  # steps done in epoch ``epoch`` (0 at an epoch boundary)
     history: dict[str, list[float]] = field(default_factory=dict)
     partial: dict[str, float] = field(default_factory=dict)  # running sums of a half-done epoch
+
+
+def finished(run_dir: RunDir, epochs: int) -> bool:
+    """True when the run directory's last checkpoint has all ``epochs`` trained."""
+    if not run_dir.pull(MARKER):
+        return False
+    try:
+        return json.loads((run_dir.local / MARKER).read_text()).get("epoch", 0) >= epochs
+    except (OSError, ValueError):
+        return False
 
 
 class Checkpointer:

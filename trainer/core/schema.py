@@ -14,8 +14,8 @@ import difflib
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from trainer.errors import ConfigError
-from trainer.quoting import brief
+from trainer.core.errors import ConfigError
+from trainer.core.quoting import brief
 
 _NO_DEFAULT = dataclasses.MISSING
 

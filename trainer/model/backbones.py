@@ -12,7 +12,7 @@ the from-scratch models:
 
 The head's output is float32 under mixed precision. ``Backbone.imagenet_file`` is the name
 Keras gives the no-top ImageNet weights in its cache (``$KERAS_HOME/models/``), which is where
-the GPU image bakes them (docker/Dockerfile) and where trainer/weights.py looks first.
+the GPU image bakes them (docker/Dockerfile) and where trainer/model/weights.py looks first.
 """
 
 from __future__ import annotations
@@ -83,14 +83,14 @@ SCRATCH_BN_MOMENTUM = 0.9
 
 
 def build(name: str, image_size: int, num_classes: int, pretrained: bool = False):
-    """Backbone + new head, weights random; ``trainer.models.build_model`` checks the size and
+    """Backbone + new head, weights random; ``trainer.model.build.build_model`` checks the size and
     loads pretrained weights into ``backbone_of(model)``.
 
     From scratch (``pretrained`` False) every BatchNormalization's momentum drops to 0.9. The
     keras.applications value (0.99, MobileNetV3 0.999) is tuned for ImageNet-length runs: in a
     short run the moving statistics never leave their initial values, so the trained model
     scores at chance in inference while its training accuracy is high. Pretrained backbones keep
-    theirs: their moving statistics already fit and fine-tuning freezes them (trainer/schedule.py).
+    theirs: their moving statistics already fit and fine-tuning freezes them (trainer/model/schedule.py).
     """
     import keras
     from keras import layers
@@ -110,7 +110,7 @@ def build(name: str, image_size: int, num_classes: int, pretrained: bool = False
 
 
 def backbone_of(model):
-    from trainer.schedule import find_backbone
+    from trainer.model.schedule import find_backbone
 
     return find_backbone(model)
 
@@ -141,7 +141,7 @@ if __name__ == "__main__":  # docker/Dockerfile: python3 backbones.py bake NAME,
     import sys
 
     if len(sys.argv) != 3 or sys.argv[1] != "bake":
-        sys.exit("usage: python3 -m trainer.backbones bake NAME[,NAME...]   (into $KERAS_HOME/models)")
+        sys.exit("usage: python3 -m trainer.model.backbones bake NAME[,NAME...]   (into $KERAS_HOME/models)")
     wanted = [n for n in sys.argv[2].split(",") if n]
     unknown = sorted(set(wanted) - set(BACKBONES))
     if unknown:

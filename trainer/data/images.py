@@ -1,7 +1,7 @@
 """Image files: opened only in the formats the docs list, size-checked from the header before
 decoding, decoded and resized in parallel; every skipped file is counted by reason.
 
-A bad file is never fatal here: ``trainer.data`` decides from the counts whether the run fails
+A bad file is never fatal here: ``trainer.data.dataset`` decides from the counts whether the run fails
 (``max_bad_image_fraction``).
 """
 
@@ -23,7 +23,7 @@ def parallel_map(fn, items: list) -> list:
 
     On an exception (SIGTERM arrives as one) the queued items are cancelled, not worked off.
     """
-    from trainer import preemption
+    from trainer.core import preemption
 
     pool = ThreadPoolExecutor(max_workers=min(32, (os.cpu_count() or 1) * 4))
     try:  # once a stop is requested the rest is skipped, and Preempted raised right after

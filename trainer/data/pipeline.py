@@ -1,6 +1,6 @@
 """The ``tf.data`` input pipeline: augmentation layers, decoding, per-split sources, batches.
 
-Split from ``trainer.data`` (which finds, splits and checks the images): this module only turns a
+Split from ``trainer.data.dataset`` (which finds, splits and checks the images): this module only turns a
 ``Split`` into tensors. ``make_source`` is built once per run and shared by every epoch;
 ``make_batches`` is a pure function of its arguments, so a resumed epoch sees the same order.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from trainer.config import TrainConfig
-from trainer.data import Split
+from trainer.data.dataset import Split
 
 
 def augmentation_layers(cfg: TrainConfig) -> list:
@@ -56,7 +56,7 @@ def make_source(split: Split, cfg: TrainConfig, cache_dir: Path | None = None):
         return tf.data.Dataset.from_tensor_slices((split.images, split.labels))
     ds = tf.data.Dataset.from_tensor_slices((list(split.paths), split.labels))
     ds = ds.map(_decode_tf(cfg.image_size), num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.ignore_errors(log_warning=True)  # bad files were dropped and counted by trainer.images.verify_all
+    ds = ds.ignore_errors(log_warning=True)  # bad files were dropped and counted by trainer.data.images.verify_all
     if cfg.cache != "none":
         on_disk = cache_dir is not None and cfg.cache != "memory"
         ds = ds.cache(str(cache_dir / f"decoded-{len(split)}") if on_disk else "")
@@ -78,7 +78,7 @@ def make_batches(
     Order: shuffle (training; seeded per epoch, so a resumed epoch sees the same order) ->
     batch -> skip the batches a resumed epoch already trained on -> augment (training; whole
     batches, parallel) -> prefetch. Yields ``(uint8 images [B, S, S, 3], int32 labels [B])``.
-    A packed stream (``trainer.packed.PackedSource``) builds its own stages, in the same order,
+    A packed stream (``trainer.data.packed.PackedSource``) builds its own stages, in the same order,
     with shards instead of examples as the unit of the first shuffle.
     """
     import tensorflow as tf
