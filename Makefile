@@ -44,7 +44,7 @@ test: $(STAMP) $(CHECKOV_STAMP) test-services ## run the whole test suite (start
 
 .PHONY: test-services
 test-services: ## build the test control plane from Go modules when Go is here, install headless Chromium when missing (CI requires both)
-	@if command -v go >/dev/null 2>&1; then bash tests/cluster/build.sh; \
+	@if command -v go >/dev/null 2>&1; then bash tests/cluster/build.sh && bash tests/cluster/build_node.sh; \
 	elif [ "$${CI:-}" = true ]; then echo "go not found: CI needs it to build the test control plane" >&2; exit 1; \
 	else echo "go not found: the control-plane tests (tests/cluster) will be skipped" >&2; fi
 	@if command -v chromium >/dev/null 2>&1 || [ -x /usr/lib/chromium/chromium ]; then :; \
@@ -79,15 +79,16 @@ bench-data: $(STAMP) ## packed shards streamed vs download-all, 1k/10k/100k JPEG
 	$(PY) -m bench.data_stream $(BENCH_DATA_ARGS)
 
 .PHONY: cluster-build
-cluster-build: ## build etcd and the Kubernetes control plane from Go modules (cached; 10-15 min the first time)
+cluster-build: ## build etcd, the Kubernetes control plane and the real node (kubelet, kube-proxy, CoreDNS) from Go modules (cached; 15-20 min the first time)
 	@bash tests/cluster/build.sh
+	@bash tests/cluster/build_node.sh
 
 .PHONY: cluster-up
-cluster-up: $(STAMP) cluster-build ## start a local Kubernetes on 127.0.0.1 (no Docker) and print `export KUBECONFIG=...`
+cluster-up: $(STAMP) cluster-build ## start a local Kubernetes (no Docker; a real containerd node as root, KUBETRAIN_NODE=test for the test kubelet) and print `export KUBECONFIG=...`
 	@$(PY) tests/cluster/local_cluster.py up
 
 .PHONY: cluster-down
-cluster-down: ## stop the cluster started by `make cluster-up`, leaving nothing running
+cluster-down: ## stop the cluster started by `make cluster-up`, leaving nothing running, mounted or bridged
 	@$(PY) tests/cluster/local_cluster.py down
 
 $(CHECKOV_STAMP): requirements-checkov.lock

@@ -159,9 +159,20 @@ def exit_summary(pod: dict) -> str:
     if not term:
         return ""
     code = term.get("exitCode")
-    meaning = "out of memory: raise 'memory' in the spec" if term.get("reason") == "OOMKilled" \
-        else exit_code(code).explain()
+    if term.get("reason") == "OOMKilled":  # the kubelet's word: the kernel killed it at its limit
+        limit = _memory_limit(pod)
+        meaning = ("out of memory" + (f" (limit {limit})" if limit else "")
+                   + ": raise 'memory' in the spec")
+    else:
+        meaning = exit_code(code).explain()
     return f"exit {code} ({meaning})"
+
+
+def _memory_limit(pod: dict) -> str | None:
+    for container in (pod.get("spec") or {}).get("containers") or []:
+        if container.get("name") == CONTAINER:
+            return ((container.get("resources") or {}).get("limits") or {}).get("memory")
+    return None
 
 
 def explain_failure(job: dict, pods: list[dict]) -> str:

@@ -18,6 +18,7 @@ import re
 import shutil
 import time
 import uuid
+from dataclasses import dataclass
 
 import controlplane
 import pytest
@@ -75,3 +76,57 @@ def launcher(control_plane, namespace) -> Launcher:
 def kubetrain_base(kube, namespace) -> None:
     """k8s/base's ServiceAccounts and the launcher's Role and RoleBinding in the namespace."""
     apply_kubetrain_base(kube.api, namespace)
+
+
+@dataclass
+class RealNode:
+    """A control plane whose node is the real one (node.py) and its admin API client."""
+
+    plane: controlplane.ControlPlane
+    api: client.ApiClient
+
+
+def _real_node_unavailable() -> str:
+    import node
+
+    missing = node.host_missing()
+    missing += [p.name for p in controlplane.Binaries.default().missing()]
+    missing += [f"{p.name} (bash tests/cluster/build_node.sh)"
+                for p in node.NodeBinaries.default().missing()]
+    return f"the real node cannot run here: missing {', '.join(missing)}" if missing else ""
+
+
+@pytest.fixture(scope="session")
+def real_node(tmp_path_factory):
+    """The control plane with the real node (containerd, kubelet, kube-proxy, CoreDNS), its
+    images imported (`real_node_images()`); stopped at the end, and checked to leave nothing
+    running, mounted or bridged."""
+    import node
+
+    reason = _real_node_unavailable()
+    if reason:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true: {reason}", pytrace=False)
+        pytest.skip(reason)
+    state = tmp_path_factory.mktemp("realnode")
+    plane = controlplane.ControlPlane(state, node="real", images=real_node_images())
+    plane.start(timeout_seconds=300)
+    api = plane.api_client()
+    try:
+        yield RealNode(plane, api)
+    finally:
+        api.close()
+        pids = list(plane.pids().values())
+        plane.stop()
+        left = [pid for pid in pids if controlplane._alive(pid)]
+        left += node._pids_matching(str(node.socket_path(state)))
+        problems = [f"processes left: {left}"] if left else []
+        problems += [f"mounted: {m}" for m in node.mounts_under(state)]
+        problems += [f"bridge {node.BRIDGE} left"] if node.bridge_exists() else []
+        problems += [f"iptables: {r}" for r in node.kube_rules()]
+        assert not problems, "the real node left: " + "; ".join(problems)
+
+
+def real_node_images() -> list:
+    """Image archives to import into the real node besides its own (the trainer's)."""
+    return []

@@ -7,7 +7,8 @@ a deadline, until each part answers its health endpoint and the node is register
 `ControlPlane.stop()` (or `stop_recorded(state_dir)` from another process) ends them all.
 
 Everything listens on 127.0.0.1 only. Pods run on the test kubelet (`kubelet.py`), which runs
-each container's command as a local process.
+each container's command as a local process, or with `node="real"` on a real node
+(`node.py`: containerd, the kubelet, kube-proxy and CoreDNS; also on the node's bridge address).
 """
 
 from __future__ import annotations
@@ -46,15 +47,25 @@ CONTROLLERS = (
     "serviceaccount-controller",
     "pod-garbage-collector-controller",
     "root-ca-certificate-publisher-controller",
+    # for the real node's Services and the kind overlay's object store (a Deployment)
+    "endpointslice-controller",
+    "deployment-controller",
+    "replicaset-controller",
 )
+# Only with the real node, which heartbeats (the test kubelet does not): lifts the new node's
+# not-ready taint once it is Ready, marks it NotReady if its kubelet stops answering.
+REAL_NODE_CONTROLLERS = ("node-lifecycle-controller",)
 # The node looks like a GKE node with NVIDIA L4 GPUs and the Workload Identity metadata server,
 # so the example specs' nodeSelectors match it (no GPU is used: pods run on the CPU).
 NODE_LABELS = {
     "cloud.google.com/gke-accelerator": "nvidia-l4",
     "iam.gke.io/gke-metadata-server-enabled": "true",
 }
-# Stop order: the kubelet first (it ends its pods), etcd last.
-START_ORDER = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet")
+# Stop order: the node first (the test kubelet ends its pods; the real node's pods are removed
+# through the CRI before containerd stops), etcd last.
+START_ORDER = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler",
+               "containerd", "kubelet", "kube-proxy", "coredns")
+NODE_KINDS = ("test", "real")
 PIDS_FILE = "pids"
 
 
@@ -169,10 +180,17 @@ class ControlPlane:
 
     `die_with_parent=True` (tests) makes every process die with the Python process that
     started it; `make cluster-up` passes False so the cluster outlives the command.
+    `node="real"` runs pods on the real node of `node.py` (root, containerd, the binaries of
+    build_node.sh) instead of the test kubelet; `images` are archives imported into it.
     """
 
     def __init__(self, state_dir: Path, binaries: Binaries | None = None, *,
-                 node_name: str = NODE_NAME, die_with_parent: bool = True):
+                 node_name: str = NODE_NAME, die_with_parent: bool = True,
+                 node: str = "test", images: tuple[Path, ...] = ()):
+        if node not in NODE_KINDS:
+            raise ControlPlaneError(f"node must be one of {', '.join(NODE_KINDS)}, not {node!r}")
+        self.node = node
+        self.images = tuple(images)
         self.state_dir = Path(state_dir)
         self.binaries = binaries or Binaries.default()
         self.node_name = node_name
@@ -276,10 +294,11 @@ class ControlPlane:
             "--bind-address=127.0.0.1",
             "--profiling=false",
         ]
+        controllers = CONTROLLERS + (REAL_NODE_CONTROLLERS if self.node == "real" else ())
         self._spawn("kube-controller-manager", [
             str(self.binaries.controller_manager), *common,
             f"--secure-port={cm_port}",
-            f"--controllers={','.join(CONTROLLERS)}",
+            f"--controllers={','.join(controllers)}",
             f"--service-account-private-key-file={sa.key}",
             f"--root-ca-file={ca.cert_path}",
             "--concurrent-job-syncs=10",
@@ -287,6 +306,18 @@ class ControlPlane:
         self._spawn("kube-scheduler", [
             str(self.binaries.scheduler), *common, f"--secure-port={sched_port}",
         ])
+        if self.node == "real":
+            import node
+
+            self._wait_http("kube-controller-manager", f"https://127.0.0.1:{cm_port}/healthz",
+                            deadline, insecure=True)
+            self._wait_http("kube-scheduler", f"https://127.0.0.1:{sched_port}/healthz",
+                            deadline, insecure=True)
+            node.start(self, ca, deadline, images=list(self.images), labels=NODE_LABELS)
+            self._wait_node_ready(deadline)
+            self._wait_default_service_account("default", deadline)
+            log.info("control plane and real node ready at %s", self.server)
+            return
         self._spawn("kubelet", [
             sys.executable, str(HERE / "kubelet.py"),
             f"--kubeconfig={self.kubeconfig}",
@@ -309,11 +340,13 @@ class ControlPlane:
         log.info("control plane ready at %s (kubeconfig %s)", self.server, self.kubeconfig)
 
     def stop(self, grace_seconds: float = 10) -> None:
-        """Stop every process this object started (kubelet first), then forget them."""
+        """Stop every process this object started (the node first), then forget them."""
         for name in reversed(START_ORDER):
+            _before_stopping(name, self.state_dir)
             proc = self.processes.pop(name, None)
             if proc is not None:
                 _terminate_group(proc.pid, grace_seconds, proc=proc)
+            _after_stopping(name, self.state_dir)
         (self.state_dir / PIDS_FILE).unlink(missing_ok=True)
 
     def restart_apiserver(self, down_seconds: float = 5, timeout_seconds: float = 120) -> None:
@@ -434,6 +467,25 @@ def wait_for_service_account(api_client, namespace: str, deadline: float) -> Non
     raise ControlPlaneError(f"no default ServiceAccount in namespace {namespace} in time")
 
 
+def _before_stopping(name: str, state_dir: Path) -> None:
+    """A real node's pods go through the CRI (netns, CNI, mounts) while containerd runs."""
+    if name == "containerd" and (state_dir / "node").is_dir():
+        import node
+
+        said = node.remove_pods(state_dir)
+        if said:
+            log.info("%s", said)
+
+
+def _after_stopping(name: str, state_dir: Path) -> None:
+    """After containerd: the real node's bridge, iptables chains, cgroups, mounts, sysctls."""
+    if name == "containerd" and (state_dir / "node").is_dir():
+        import node
+
+        for problem in node.clean_host(state_dir):
+            log.warning("real node teardown: %s", problem)
+
+
 def _terminate_group(pid: int, grace_seconds: float, proc: subprocess.Popen | None = None) -> None:
     """SIGTERM the process group led by `pid`, SIGKILL it after `grace_seconds`."""
     try:
@@ -491,9 +543,11 @@ def stop_recorded(state_dir: Path, grace_seconds: float = 10) -> list[str]:
     running = dict(recorded_processes(state_dir))
     stopped = []
     for name in reversed(START_ORDER):
+        _before_stopping(name, Path(state_dir))
         if name in running:
             _terminate_group(running[name], grace_seconds)
             stopped.append(name)
+        _after_stopping(name, Path(state_dir))
     (Path(state_dir) / PIDS_FILE).unlink(missing_ok=True)
     return stopped
 

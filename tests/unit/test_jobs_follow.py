@@ -270,6 +270,18 @@ def test_wait_out_of_memory_and_deadline():
     assert "out of memory: raise 'memory' in the spec" in message
 
 
+def test_wait_out_of_memory_names_the_limit_to_raise():
+    c = FakeCluster()
+    c.job(conditions=[("Failed", "BackoffLimitExceeded", "Job has reached the specified backoff limit")])
+    pod = c.pod("digits-a", phase="Failed", **terminated(137, reason="OOMKilled"))
+    pod["spec"]["containers"] = [{"name": "sidecar", "resources": {"limits": {"memory": "1Gi"}}},
+                                 {"name": "trainer", "resources": {"limits": {"memory": "64Mi"}}}]
+    code, message, _ = wait(c)
+    assert code == 1
+    assert "  last pod digits-a: exit 137 (out of memory (limit 64Mi): raise 'memory' in the spec)" \
+        in message.splitlines()
+
+
 def test_wait_fails_at_once_on_a_pod_long_unschedulable():
     c = FakeCluster()
     c.job(active=1)
