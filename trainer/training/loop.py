@@ -36,6 +36,7 @@ from trainer.model.build import build_model
 from trainer.model.optimizer import make_optimizer, per_example_loss
 from trainer.runtime import multiworker
 from trainer.runtime.devices import Runtime
+from trainer.training.batchnorm import BatchNormStats, sample_batches, sample_plan
 from trainer.training.best import BestWeights
 from trainer.training.checkpoint import Checkpointer, Position
 from trainer.training.evaluation import Evaluator, eval_global_batch, examples, padded_batches
@@ -114,6 +115,7 @@ class Trainer:
         self.loss_fn = per_example_loss(cfg, dataset.num_classes)
         self._train_chunk = self._make_train_chunk()
         self._evaluator = Evaluator(self.model, self.loss_fn, strategy, runtime.jit_compile)
+        self._bn_stats = BatchNormStats(self.model, strategy, runtime.jit_compile)
         # Steps per call; 0 = sized from the step time, per process: workers must agree on every
         # call's size, so a multi-worker run uses a fixed one.
         spe = cfg.steps_per_execution or (MULTI_WORKER_STEPS if runtime.workers > 1 else 0)
@@ -179,6 +181,17 @@ class Trainer:
             first = [x for x, _ in source.take(64).batch(64)]
             out["images"] = first[0].numpy() if first else np.zeros((0,))
         return out
+
+    def recompute_batch_norm(self) -> int:
+        """Batch-norm statistics of the current weights (``trainer.training.batchnorm``); images used."""
+        n = len(self.dataset.train)
+        batch, steps = sample_plan(n, self.cfg.batch_size, self.runtime.replicas)
+        if not steps:
+            return 0
+        batches = sample_batches(self.sources["train"], n, self.cfg, batch, steps)
+        if self.runtime.workers > 1:
+            batches = multiworker.shard_by_data(batches)
+        return self._bn_stats.recompute(batches, steps)
 
     def eval_batches(self, split: str):
         """A split's batches for evaluation: in order, not augmented."""
@@ -265,6 +278,10 @@ class Trainer:
                                     "restart with the same --output to resume")
             progress.clear()
             seconds = time.monotonic() - t0
+            bn_started = time.monotonic()
+            if self._bn_stats.moving_averages_biased(int(self.optimizer.iterations.numpy())):
+                self.recompute_batch_norm()  # before validation: it picks the epoch to export
+            bn_seconds = time.monotonic() - bn_started
             val = self.evaluate("val")
             row = {
                 "loss": totals[0] / max(1, totals[2]),
@@ -273,6 +290,7 @@ class Trainer:
                 "val_accuracy": val["accuracy"],
                 "learning_rate": self._current_lr(),
                 "epoch_seconds": seconds,
+                "batch_norm_seconds": bn_seconds,
                 "images_per_second": trained_images / max(seconds, 1e-9),
             }
             for key, value in row.items():
@@ -290,6 +308,7 @@ class Trainer:
                                 "restart with the same --output to resume")
 
         selected_epoch, selection = best.select(history, cfg.export_epoch)
+        self.recompute_batch_norm()  # the weights that are tested and exported
         speeds = history.get("images_per_second", [])
         steady = speeds[1:] if len(speeds) > 1 else speeds
         return FitResult(
