@@ -62,6 +62,10 @@ lint: $(STAMP) ## ruff on the Python code
 bench-accuracy: $(STAMP) ## old vs new (data-fitting) defaults on generated glyphs and photos, same epochs (~20 min; --quick ~3)
 	$(PY) -m bench.accuracy $(BENCH_ARGS)
 
+.PHONY: bench-precision
+bench-precision: $(STAMP) ## bf16 vs float32 on this CPU (matmul GFLOP/s, seed CNN images/s) and what precision: auto picks (~2 min)
+	$(PY) -m bench.precision $(BENCH_ARGS)
+
 .PHONY: bench-backbones
 bench-backbones: $(STAMP) ## images/s of each backbone at its default size, head phase vs full fine-tune (~4 min)
 	$(PY) -m bench.backbones $(BENCH_ARGS)

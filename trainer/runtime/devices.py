@@ -94,8 +94,11 @@ def _split_cpu(n: int) -> None:
             ) from None
 
 
-def choose_precision(cfg: TrainConfig, gpus: list, cache_dir: Path | None):
-    """``trainer.runtime.precision.decide`` on this machine's facts, calibrating (cached) if it asks to."""
+def choose_precision(cfg: TrainConfig, gpus: list, cache_dir: Path | None, strategy=None, workers: int = 1):
+    """``trainer.runtime.precision.decide`` on this machine's facts, calibrating (cached) if it asks to.
+
+    With several workers, the calibrated ratio is averaged over them (an all-reduce), so every
+    worker trains in the same precision even when their measurements differ."""
     from trainer.runtime import precision as prec
 
     machine = prec.observe(gpus)
@@ -108,6 +111,9 @@ def choose_precision(cfg: TrainConfig, gpus: list, cache_dir: Path | None):
             ratio = prec.measure_bf16_ratio()
         else:
             ratio = prec.cached_calibration(cache_dir, machine, tf.__version__, prec.measure_bf16_ratio)
+        if workers > 1:
+            mine = tf.constant(ratio, tf.float32)
+            ratio = float(strategy.reduce("MEAN", strategy.run(lambda: mine), axis=None).numpy())
         choice = prec.decide(machine, cfg.precision, cfg.jit_compile, calibration=ratio)
     return choice
 
@@ -153,7 +159,7 @@ def make_runtime(cfg: TrainConfig, cache_dir: Path | None = None, cluster=None) 
         strategy = tf.distribute.get_strategy()  # the default: one device, no wrapping cost
 
     kind = "gpu" if gpus else "cpu"
-    choice = choose_precision(cfg, gpus, cache_dir)
+    choice = choose_precision(cfg, gpus, cache_dir, strategy, workers)
     keras.mixed_precision.set_global_policy(choice.precision)
     runtime = Runtime(strategy, strategy.num_replicas_in_sync, kind, choice.precision,
                       choice.jit_compile, choice.reason, workers, index)

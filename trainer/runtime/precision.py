@@ -1,19 +1,24 @@
 """Precision and XLA per machine: decided from what the hardware has, not from "CPU vs GPU".
 
 Measured (docs/benchmarks.md): on an AMD EPYC *without* bf16 units mixed_bfloat16 trained the
-seed CNN at 0.14x the float32 rate (bf16 emulated through float32 conversions); on a CPU *with*
-them (``avx512_bf16`` here, ``amx_bf16`` on Xeons since Sapphire Rapids) oneDNN runs bf16 dot
-products natively and mixed_bfloat16 trains at ~2x. XLA was 0.40x on CPU. So:
+seed CNN at 0.14x the float32 rate (bf16 emulated through float32 conversions). With AMX
+(``amx_bf16``, Xeons since Sapphire Rapids) oneDNN's bf16 matrix tiles are several times its
+float32 rate. ``avx512_bf16`` alone (AVX-512 bf16 dot products, e.g. AMD EPYC Zen 4) went both
+ways on machines that report the same flags: the seed CNN trained at ~2x in bf16 on one and at
+0.86x on another (a 4096x4096 matmul at 124 GFLOP/s in bf16 against 212 in float32), so there
+the choice is measured, not read from the flag. XLA was 0.40x on CPU. So:
 
 * ``decide(machine, precision, jit_compile)`` is a pure function of observed facts (CPU flags,
   CPU model, GPU compute capabilities) and the config; it returns the choice and the reason.
   GPUs: compute capability >= 8.0 (Ampere on) mixed_bfloat16 (native bf16 tensor cores, no loss
-  scaling), 7.x mixed_float16 (fp16 tensor cores), older float32; XLA on. CPUs: amx_bf16 or
-  avx512_bf16 -> mixed_bfloat16, an x86 CPU without them -> float32; XLA off.
-* Where the rules cannot tell (a CPU announcing bf16 through a flag oneDNN may or may not use,
-  e.g. ARM's ``bf16``), ``decide`` asks for a calibration: ``calibrate`` times a few training
-  steps of a small CNN in both precisions (~2-4 s) and caches the ratio under the scratch cache,
-  keyed by CPU model, flags and TensorFlow version, so a node pays for it once.
+  scaling), 7.x mixed_float16 (fp16 tensor cores), older float32; XLA on. CPUs: amx_bf16 ->
+  mixed_bfloat16, a CPU with no bf16 flag at all -> float32; XLA off.
+* Where the rules cannot tell (``avx512_bf16`` without AMX, ARM's ``bf16``: bf16 instructions
+  whose speed under TensorFlow's kernels differs by CPU and build), ``decide`` asks for a
+  calibration: ``measure_bf16_ratio`` times training steps of a small CNN in both precisions,
+  alternating (~3-6 s), and ``cached_calibration`` caches the ratio under the scratch cache,
+  keyed by CPU model, flags and TensorFlow version, so a node pays for it once; bf16 is chosen
+  only if it trains >= ``CALIBRATION_WIN`` x float32.
 
 ``observe()`` reads the facts (``/proc/cpuinfo``, TensorFlow's GPU details); everything else
 here is pure and tested with both flag sets (tests/unit/test_precision.py).
@@ -32,10 +37,12 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-# x86 flags (Linux /proc/cpuinfo names) whose presence means oneDNN runs bf16 dot products natively.
-NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
-# Flags that announce bf16 arithmetic whose speed under TensorFlow's kernels we cannot predict.
-UNSURE_BF16_FLAGS = ("bf16",)  # aarch64 FEAT_BF16 (Graviton3, Neoverse V1/N2): depends on the build
+# x86 flags (Linux /proc/cpuinfo names) whose presence means bf16 beats float32 under oneDNN.
+NATIVE_BF16_FLAGS = ("amx_bf16",)  # AMX tiles
+# Flags that announce bf16 arithmetic whose speed under TensorFlow's kernels we cannot predict:
+# x86 AVX-512 bf16 dot products without AMX (measured ~2x on one such CPU, 0.86x on another), and
+# aarch64 FEAT_BF16 (Graviton3, Neoverse V1/N2): depends on the CPU and the build.
+UNSURE_BF16_FLAGS = ("avx512_bf16", "bf16")
 TENSOR_CORE_FP16 = (7, 0)  # Volta: fp16 tensor cores
 TENSOR_CORE_BF16 = (8, 0)  # Ampere: bf16 tensor cores as fast as fp16, no loss scaling needed
 CALIBRATION_WIN = 1.2  # mixed_bfloat16 must beat float32 by this much to be chosen on a CPU
@@ -79,15 +86,17 @@ def parse_cpuinfo(text: str) -> tuple[str, frozenset[str]]:
 def _cpu_precision(machine: Machine, calibration: float | None) -> tuple[str, str, bool]:
     native = [f for f in NATIVE_BF16_FLAGS if f in machine.cpu_flags]
     if native:
-        return "mixed_bfloat16", f"CPU has {'+'.join(native)} (native bf16 dot products)", False
+        return "mixed_bfloat16", f"CPU has {'+'.join(native)} (bf16 matrix units)", False
     unsure = [f for f in UNSURE_BF16_FLAGS if f in machine.cpu_flags]
     if not unsure:
         return "float32", "CPU has no bf16 units (amx_bf16/avx512_bf16): bf16 would be emulated, ~0.14x", False
+    what = f"CPU has {unsure[0]} but no amx_bf16"
     if calibration is None:
-        return "float32", f"CPU flag {unsure[0]} alone cannot tell; calibration needed", True
+        return "float32", f"{what}: bf16 may be faster or slower; calibration needed", True
     if calibration >= CALIBRATION_WIN:
-        return "mixed_bfloat16", f"calibrated: bf16 trains {calibration:.2f}x float32 on this CPU", False
-    return "float32", f"calibrated: bf16 trains only {calibration:.2f}x float32 on this CPU", False
+        return "mixed_bfloat16", f"{what}; measured: bf16 trains {calibration:.2f}x float32 here", False
+    return "float32", (f"{what}; measured: bf16 trains {calibration:.2f}x float32 here"
+                       f" (< {CALIBRATION_WIN}x: not worth the lower precision)"), False
 
 
 def _gpu_precision(machine: Machine) -> tuple[str, str]:
@@ -171,8 +180,13 @@ def cached_calibration(cache_dir: Path, machine: Machine, tf_version: str,
     return ratio
 
 
-def measure_bf16_ratio(steps: int = 6, image_size: int = 32, batch: int = 32) -> float:
-    """Training steps/s of a small CNN in mixed_bfloat16 over float32 (same process, ~2-4 s)."""
+def training_rates(rounds: int = 3, steps: int = 4, image_size: int = 32, batch: int = 32,
+                   policies: tuple[str, ...] = ("float32", "mixed_bfloat16")) -> dict[str, float]:
+    """Training images/s of a small CNN (the seed CNN's layers) per dtype policy, in this process.
+
+    The policies alternate, ``rounds`` times ``steps`` steps each after one traced warm-up step,
+    and each keeps its best round: other work on the machine slows single rounds, not the best.
+    """
     import keras
     import numpy as np
     import tensorflow as tf
@@ -181,7 +195,7 @@ def measure_bf16_ratio(steps: int = 6, image_size: int = 32, batch: int = 32) ->
     x = tf.constant(rng.integers(0, 255, (batch, image_size, image_size, 3)).astype("float32"))
     y = tf.constant(rng.integers(0, 10, (batch,)).astype("int32"))
 
-    def rate(policy: str) -> float:
+    def make_step(policy: str):
         layers = keras.layers
         model = keras.Sequential([
             keras.Input((image_size, image_size, 3)),
@@ -189,6 +203,7 @@ def measure_bf16_ratio(steps: int = 6, image_size: int = 32, batch: int = 32) ->
             layers.Conv2D(32, 3, activation="relu", dtype=policy),
             layers.MaxPooling2D(dtype=policy),
             layers.Conv2D(64, 3, activation="relu", dtype=policy),
+            layers.MaxPooling2D(dtype=policy),
             layers.Flatten(dtype=policy),
             layers.Dense(128, activation="relu", dtype=policy),
             layers.Dense(10, activation="softmax", dtype="float32"),
@@ -204,10 +219,41 @@ def measure_bf16_ratio(steps: int = 6, image_size: int = 32, batch: int = 32) ->
             return loss
 
         step().numpy()  # trace and warm up
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            step()
-        step().numpy()
-        return (steps + 1) / (time.perf_counter() - t0)
+        return step
 
-    return rate("mixed_bfloat16") / rate("float32")
+    run = {policy: make_step(policy) for policy in policies}
+    best = dict.fromkeys(policies, 0.0)
+    for _ in range(rounds):
+        for policy, step in run.items():
+            t0 = time.perf_counter()
+            for _ in range(steps - 1):
+                step()
+            step().numpy()
+            best[policy] = max(best[policy], steps * batch / (time.perf_counter() - t0))
+    return best
+
+
+def measure_bf16_ratio() -> float:
+    """Training speed of a small CNN in mixed_bfloat16 over float32 on this CPU (~3-6 s)."""
+    rates = training_rates()
+    ratio = rates["mixed_bfloat16"] / rates["float32"]
+    log.info("precision calibration: float32 %.0f img/s, mixed_bfloat16 %.0f img/s (%.2fx)",
+             rates["float32"], rates["mixed_bfloat16"], ratio)
+    return ratio
+
+
+def matmul_gflops(dtype: str, n: int = 4096, repeats: int = 5) -> float:
+    """Best GFLOP/s of an n x n matmul in ``dtype`` (float32 or bfloat16) on this CPU."""
+    import tensorflow as tf
+
+    a = tf.random.normal((n, n), dtype=tf.float32, seed=1)
+    b = tf.random.normal((n, n), dtype=tf.float32, seed=2)
+    a, b = tf.cast(a, dtype), tf.cast(b, dtype)
+    matmul = tf.function(lambda: tf.reduce_sum(tf.cast(tf.matmul(a, b)[:1, :1], tf.float32)))
+    matmul().numpy()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        matmul().numpy()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
