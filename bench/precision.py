@@ -35,8 +35,8 @@ def table(r: dict) -> str:
         "| measurement | float32 | bf16 | bf16 / float32 |",
         "|---|---|---|---|",
         f"| 4096x4096 matmul, GFLOP/s | {g['float32']:.0f} | {g['bfloat16']:.0f} | {g['bfloat16'] / g['float32']:.2f}x |",
-        f"| seed CNN training, 64x64x3, batch 64, images/s | {s['float32']:.0f} | {s['mixed_bfloat16']:.0f} |"
-        f" {s['mixed_bfloat16'] / s['float32']:.2f}x |",
+        (f"| seed CNN training, 64x64x3, batch 64, images/s | {s['float32']:.0f} | {s['mixed_bfloat16']:.0f} |"
+        f" {s['mixed_bfloat16'] / s['float32']:.2f}x |"),
     ]
     flags = ", ".join(r["bf16_flags"]) or "none"
     return (f"CPU: {r['cpu_model']} ({r['arch']}), bf16 flags: {flags}\n\n" + "\n".join(rows)

@@ -116,8 +116,8 @@ def test_calibration_is_cached_per_cpu_model_and_tf_version(tmp_path):
 
 def test_calibration_measures_this_cpu_once_and_decides_from_it(tmp_path, monkeypatch):
     """The real calibration on this machine, as a CPU with avx512_bf16 and no AMX would run it."""
-    from trainer.runtime import precision
     from trainer.config import load_config
+    from trainer.runtime import precision
     from trainer.runtime.devices import choose_precision
 
     monkeypatch.setattr(precision, "observe", lambda gpus=None: machine(EPYC_WITH_BF16))
