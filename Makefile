@@ -43,7 +43,8 @@ test: $(STAMP) $(CHECKOV_STAMP) test-services ## run the whole test suite (start
 	$(PY) -m pytest
 
 .PHONY: test-services
-test-services: ## build the test control plane from Go modules when Go is here, install headless Chromium when missing (CI requires both)
+test-services: ## build the test control plane from Go modules when Go is here, install headless Chromium and podman/buildah/mmdebstrap when missing (CI requires all)
+	@bash tests/image/setup.sh
 	@if command -v go >/dev/null 2>&1; then bash tests/cluster/build.sh && bash tests/cluster/build_node.sh; \
 	elif [ "$${CI:-}" = true ]; then echo "go not found: CI needs it to build the test control plane" >&2; exit 1; \
 	else echo "go not found: the control-plane tests (tests/cluster) will be skipped" >&2; fi
@@ -121,12 +122,16 @@ render-examples: $(STAMP) ## regenerate k8s/overlays/examples/example-*.yaml fro
 	UPDATE_GOLDEN=1 $(PY) -m pytest -q tests/unit/test_jobs_render.py -k golden
 
 .PHONY: image
-image: ## build the GPU trainer image (IMAGE=kubetrain-trainer:0.1.0; needs Docker)
-	docker build -f docker/Dockerfile -t $(IMAGE) .
+image: ## build the GPU trainer image (IMAGE=kubetrain-trainer:0.1.0) with docker, podman or buildah, whichever is here
+	bash docker/build.sh gpu --tag $(IMAGE) $(if $(BASE_IMAGE),--base $(BASE_IMAGE)) $(if $(IMAGE_ARCHIVE),--archive $(IMAGE_ARCHIVE))
 
 .PHONY: image-cpu
-image-cpu: ## build the CPU trainer image for kind/minikube (IMAGE_CPU=kubetrain-trainer-cpu:0.1.0)
-	docker build -f docker/Dockerfile.cpu -t $(IMAGE_CPU) .
+image-cpu: ## build the CPU trainer image for kind/minikube (IMAGE_CPU=kubetrain-trainer-cpu:0.1.0; BASE_IMAGE=, IMAGE_ARCHIVE=FILE.tar)
+	bash docker/build.sh cpu --tag $(IMAGE_CPU) $(if $(BASE_IMAGE),--base $(BASE_IMAGE)) $(if $(IMAGE_ARCHIVE),--archive $(IMAGE_ARCHIVE))
+
+.PHONY: image-archives
+image-archives: $(STAMP) ## CPU trainer + fake-gcs images from local stand-ins of their bases (podman, no registry), as archives for `ctr -n k8s.io images import`
+	@$(PY) -m tests.image.images archives
 
 .PHONY: kind-up
 kind-up: ## create a kind cluster (KIND_CLUSTER=kubetrain; needs Docker and kind)
@@ -134,8 +139,9 @@ kind-up: ## create a kind cluster (KIND_CLUSTER=kubetrain; needs Docker and kind
 	@kind get clusters 2>/dev/null | grep -qx $(KIND_CLUSTER) || kind create cluster --name $(KIND_CLUSTER) --wait 120s
 
 .PHONY: kind-load
-kind-load: image-cpu ## build the CPU image and load it into the kind cluster's node
-	kind load docker-image $(IMAGE_CPU) --name $(KIND_CLUSTER)
+kind-load: ## build the CPU image and load it into the kind cluster's node (docker or podman)
+	bash docker/build.sh cpu --tag $(IMAGE_CPU) --archive runs/images/kubetrain-trainer-cpu.tar
+	kind load image-archive runs/images/kubetrain-trainer-cpu.tar --name $(KIND_CLUSTER)
 
 .PHONY: kind-deploy
 kind-deploy: ## apply k8s/overlays/kind (namespace, accounts, RBAC, in-cluster object store, examples)
