@@ -14,8 +14,11 @@ The rules, and the mistakes they avoid (issue 13):
   small images are not upscaled (28x28 glyphs at 64x64 cost 5x the compute and gain nothing),
   large photos are capped (64 for the small from-scratch models, the backbone's own default
   size, 224, for a keras.applications backbone);
-* **flips**: none unless asked: a mirrored glyph, letter or asymmetric object is often another
-  class; photos whose mirror image keeps the label can turn them on (``augment.flip``);
+* **flips**: horizontal when mirrored images keep their class, measured on the data
+  (``trainer.data.mirror``: a classifier fitted on a sample recognises the sample's mirror
+  images about as well as the images, ``flip_rule``); none otherwise: a mirrored glyph, digit
+  or letter is often another class. Colour images the probe cannot classify get flips, grey
+  ones do not; built-in digits and packed datasets (not probed) keep them off;
 * **geometric jitter**: mild (rotation 0.03 of a turn, shift and zoom 5%), and none for images
   under 16 px, where one pixel is already more than 6% of the image;
 * **warmup**: ``min(1, epochs / 10)`` epochs of linear warmup at the start of each phase, then
@@ -50,6 +53,42 @@ NO_JITTER_BELOW = 16  # px: one pixel is more than 6% of the image
 class Resolved:
     config: TrainConfig  # its ``auto_reasons`` include ``reasons``
     reasons: dict[str, str]  # dotted config key -> "value: why", for the values resolved now
+
+
+MIN_PROBE_SIGNAL = 0.15  # probe accuracy above chance below which it cannot tell
+MIRROR_KEEPS = 0.7  # share of that margin the mirrored images must keep for flips
+
+
+@dataclass(frozen=True)
+class MirrorProbe:
+    """What ``trainer.data.mirror.probe`` measured on a sample of the training images."""
+
+    accuracy: float  # held-out images, as they are
+    flipped_accuracy: float  # the same images mirrored left-right
+    chance: float  # the largest class's share of the held-out images
+    sampled: int
+    grayscale: bool
+
+    @property
+    def kept(self) -> float:
+        """Share of the accuracy above chance that survives mirroring (1 = all of it)."""
+        return (self.flipped_accuracy - self.chance) / max(1e-9, self.accuracy - self.chance)
+
+
+def flip_rule(probe: MirrorProbe | None, unprobed: str) -> tuple[str, str]:
+    """``augment.flip`` and its reason from the mirror probe (``unprobed``: why there is none)."""
+    if probe is None:
+        return "none", (f"none: {unprobed}, so flips stay off (a mirrored glyph can be another class);"
+                        " set augment.flip=horizontal if mirror images keep the label")
+    numbers = (f"a probe classifier on {probe.sampled} sampled images scored {probe.accuracy:.0%} on held-out"
+               f" images and {probe.flipped_accuracy:.0%} on their mirror images (chance {probe.chance:.0%})")
+    if probe.accuracy - probe.chance < MIN_PROBE_SIGNAL:
+        if probe.grayscale:
+            return "none", f"none: {numbers}: too weak to tell, and grey images may be glyphs or documents"
+        return "horizontal", f"horizontal: {numbers}: too weak to tell, and colour photos keep their class mirrored"
+    if probe.kept >= MIRROR_KEEPS:
+        return "horizontal", f"horizontal: {numbers}: mirrored images keep their class ({probe.kept:.0%} kept)"
+    return "none", f"none: {numbers}: mirrored images are other classes or shapes ({probe.kept:.0%} kept)"
 
 
 @dataclass(frozen=True)
@@ -97,7 +136,8 @@ def _config_only(cfg: TrainConfig, reasons: dict[str, str]) -> TrainConfig:
     return dataclasses.replace(cfg, **changes)
 
 
-def _fit_size(cfg: TrainConfig, native: NativeSize, where: str, reasons: dict[str, str]) -> TrainConfig:
+def _fit_size(cfg: TrainConfig, native: NativeSize, where: str, reasons: dict[str, str],
+              mirror: MirrorProbe | None = None, unprobed: str = "") -> TrainConfig:
     changes: dict = {}
     if not cfg.image_size:
         lo, hi = size_range(cfg.model)
@@ -113,9 +153,7 @@ def _fit_size(cfg: TrainConfig, native: NativeSize, where: str, reasons: dict[st
     a = cfg.augment
     aug: dict = {}
     if a.flip is None:
-        aug["flip"] = "none"
-        reasons["augment.flip"] = ("none: a mirrored glyph or asymmetric object can be another class;"
-                                   " set augment.flip=horizontal if mirror images keep the label")
+        aug["flip"], reasons["augment.flip"] = flip_rule(mirror, unprobed or "the images were not probed")
     small = native.size < NO_JITTER_BELOW
     for key, mild in JITTER.items():
         if getattr(a, key) is None:
@@ -134,7 +172,9 @@ def resolve(cfg: TrainConfig) -> Resolved:
     cfg = _config_only(cfg, reasons)
     if cfg.builtin in BUILTIN_NATIVE_SIZE:
         n = BUILTIN_NATIVE_SIZE[cfg.builtin]
-        cfg = _fit_size(cfg, NativeSize(n, 0, n, n), f"builtin:{cfg.builtin} is {n}x{n}", reasons)
+        cfg = _fit_size(cfg, NativeSize(n, 0, n, n), f"builtin:{cfg.builtin} is {n}x{n}", reasons,
+                        unprobed=f"builtin:{cfg.builtin} are handwritten digits, mirrored other shapes"
+                                 " (tests/trainer/test_mirror.py probes them)")
     return _with_reasons(cfg, reasons)
 
 
@@ -147,11 +187,12 @@ def is_resolved(cfg: TrainConfig) -> bool:
     return bool(cfg.image_size) and None not in (a.flip, a.rotation, a.shift, a.zoom)
 
 
-def fit(cfg: TrainConfig, native: NativeSize, where: str) -> Resolved:
+def fit(cfg: TrainConfig, native: NativeSize, where: str, mirror: MirrorProbe | None = None,
+        unprobed: str = "") -> Resolved:
     """Resolve the image-dependent ``auto`` values from the images' native size (``where``: how it
-    was found, for the reasons)."""
+    was found, for the reasons) and the mirror probe (``unprobed``: why there is none)."""
     reasons: dict[str, str] = {}
-    cfg = _fit_size(cfg, native, where, reasons)
+    cfg = _fit_size(cfg, native, where, reasons, mirror, unprobed)
     for key, why in reasons.items():
         log.info("auto %s = %s", key, why)
     return _with_reasons(cfg, reasons)

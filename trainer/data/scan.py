@@ -10,10 +10,11 @@ from pathlib import Path
 from trainer import storage
 from trainer.config import TrainConfig, auto
 from trainer.config.auto import NativeSize, Resolved, is_resolved, size_range
-from trainer.data import packed
-from trainer.data.dataset import discover
+from trainer.data import mirror, packed
+from trainer.data.dataset import discover, split_files
 
 SCAN_SAMPLE = 256  # image headers read to find the native size
+PACKED_UNPROBED = "a packed dataset is not probed for mirror symmetry (its images are streamed)"
 
 
 def _header_size(path: Path) -> tuple[int, int] | None:
@@ -51,9 +52,10 @@ def fit_to_source(cfg: TrainConfig, scratch: Path) -> Resolved:
         if n:
             return auto.fit(cfg, NativeSize(n["median_shorter_side"], n["images"], n["smallest"], n["largest"]),
                             f"median shorter side of the {n['images']} packed images,"
-                            f" {n['smallest']}-{n['largest']} px (manifest)")
+                            f" {n['smallest']}-{n['largest']} px (manifest)", unprobed=PACKED_UNPROBED)
         size = size_range(cfg.model)[1]
-        return auto.fit(cfg, NativeSize(size, 0, size, size), "a packed dataset that records no image sizes")
+        return auto.fit(cfg, NativeSize(size, 0, size, size), "a packed dataset that records no image sizes",
+                        unprobed=PACKED_UNPROBED)
     return fit_to_data(cfg, storage.fetch_dataset(cfg.data, scratch / "datasets"))
 
 
@@ -70,4 +72,8 @@ def fit_to_data(cfg: TrainConfig, root: Path | None) -> Resolved:
     else:
         where = (f"median shorter side of {native.sampled} sampled images,"
                  f" {native.smallest}-{native.largest} px")
-    return auto.fit(cfg, native, where)
+    probe = None
+    if cfg.augment.flip is None and native.sampled:
+        files, labels = split_files(root, cfg)[1]["train"]  # the training split only, never val/test
+        probe = mirror.probe_files(list(files), list(labels))
+    return auto.fit(cfg, native, where, probe, unprobed="too few readable images of 2+ classes to probe")
