@@ -13,12 +13,24 @@ import sys
 from collections.abc import Sequence
 from dataclasses import fields
 
-from jobs import output
+from jobs import describe, follow, listing, logs, output, runs, status
+from jobs.cluster import ClusterError, KubeconfigError, connect
+from jobs.control import run_now, set_suspended
 from jobs.durations import duration
+from jobs.render import render, to_yaml
 from jobs.spec import JobSpec, SpecError, load_spec
 from jobs.spec import warnings as spec_warnings
+from jobs.status import run_output
+from jobs.submit import delete, submit
 from trainer.config import parse_overrides
-from trainer.core.errors import EXIT_CONFIG, EXIT_INTERRUPTED, EXIT_OK, EXIT_UNEXPECTED, ConfigError
+from trainer.core.errors import (
+    EXIT_CONFIG,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_UNEXPECTED,
+    ConfigError,
+    TrainerError,
+)
 
 # The launcher's exit codes are rows of the trainer's table (trainer/core/errors.py).
 EXIT_FAILED = EXIT_UNEXPECTED  # the cluster said no, or the Job failed
@@ -189,7 +201,6 @@ def _warn(spec: JobSpec) -> None:
 
 
 def _render(args: argparse.Namespace) -> int:
-    from jobs.render import render, to_yaml
 
     spec = _spec(args)
     _warn(spec)
@@ -204,7 +215,6 @@ def _render(args: argparse.Namespace) -> int:
 
 
 def _manifest_rows(manifests: list[dict]) -> list[list[str]]:
-    from jobs.status import run_output
 
     rows = [["KIND", "NAME", "NAMESPACE", "IMAGE", "SCHEDULE", "OUTPUT"]]
     for m in manifests:
@@ -217,7 +227,6 @@ def _manifest_rows(manifests: list[dict]) -> list[list[str]]:
 
 
 def _submit(args: argparse.Namespace, cluster, spec, ns: str) -> int:
-    from jobs.submit import submit
 
     done = submit(cluster, spec, ns, dry_run=args.dry_run == "server")
     if args.output in ("json", "yaml", "name"):
@@ -244,7 +253,6 @@ def _submit(args: argparse.Namespace, cluster, spec, ns: str) -> int:
 
 
 def _status(args: argparse.Namespace, cluster, ns: str) -> int:
-    from jobs import describe, status
 
     found = status.lookup(cluster, ns, args.name)
     if args.output == "name":
@@ -261,7 +269,6 @@ def _status(args: argparse.Namespace, cluster, ns: str) -> int:
 
 
 def _list(args: argparse.Namespace, cluster, ns: str) -> int:
-    from jobs import listing
 
     objects = listing.list_objects(cluster, ns)
     if args.output in ("json", "yaml"):
@@ -275,7 +282,6 @@ def _list(args: argparse.Namespace, cluster, ns: str) -> int:
 
 
 def _runs(args: argparse.Namespace) -> int:
-    from jobs import runs
 
     found = runs.collect(args.uri)
     for run in found:
@@ -298,14 +304,11 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "runs":
         return _runs(args)
 
-    from jobs import follow, logs
-    from jobs.cluster import connect
 
     spec = _spec(args) if args.command == "submit" else None
     if spec is not None:
         _warn(spec)
     if spec is not None and args.dry_run == "client":
-        from jobs.render import render, to_yaml
 
         manifests = render(spec, args.namespace)
         if args.output in (None, "yaml"):
@@ -339,14 +342,11 @@ def _run(args: argparse.Namespace) -> int:
         print(message, file=sys.stdout if code == EXIT_OK else sys.stderr)
         return code
     if args.command == "delete":
-        from jobs.submit import delete
 
         kind = delete(cluster, args.name, ns)
         print(f"{kind.lower()}.batch/{args.name} deleted from namespace {ns} (with its pods and config)")
         return EXIT_OK
     if args.command == "run-now":
-        from jobs.control import run_now
-        from jobs.status import run_output
 
         job = run_now(cluster, ns, args.name, args.job_name)
         if args.output in ("json", "yaml", "name"):
@@ -358,7 +358,6 @@ def _run(args: argparse.Namespace) -> int:
         print(f"follow it: python -m jobs logs {name} -n {ns} -f")
         return EXIT_OK
     if args.command in ("suspend", "resume"):
-        from jobs.control import set_suspended
 
         kind, _ = set_suspended(cluster, ns, args.name, args.command == "suspend")
         done = "suspended" if args.command == "suspend" else "resumed"
@@ -371,8 +370,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    from jobs.cluster import ClusterError, KubeconfigError
-    from trainer.core.errors import TrainerError
 
     try:
         return _run(args)

@@ -21,6 +21,9 @@ from dataclasses import dataclass, field
 from jobs.cluster import Cluster, NotFound
 from jobs.follow import _cron_runs, age, job_state, pod_selector, sorted_pods
 from jobs.render import CONTAINER
+from trainer.core.errors import TrainerError
+from trainer.storage import small_files
+from trainer.training import progress
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +44,6 @@ def read_progress(output: str | None) -> tuple[dict | None, str]:
     """(the progress record, "") or (None, why not). Never raises: status must still print."""
     if not output:
         return None, "the Job has no --output"
-    from trainer.core.errors import TrainerError
-    from trainer.storage import small_files
-    from trainer.training import progress
 
     try:
         record = progress.parse(small_files.read_text(small_files.join(output, progress.FILE)))

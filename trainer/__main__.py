@@ -23,8 +23,8 @@ import textwrap
 import traceback
 
 from trainer.config import field_docs, load_config, parse_overrides, read_config_file
-from trainer.core import errors
-from trainer.runtime import multiworker
+from trainer.core import errors, preemption
+from trainer.runtime import multiworker, runlog
 
 log = logging.getLogger("trainer")
 
@@ -156,10 +156,9 @@ def _train(argv: list[str]) -> int:
         sys.stdout.write(cfg.to_yaml())
         return errors.EXIT_OK
 
-    # Imported once the config is valid: --help and a bad config answer without loading them.
-    from trainer.core import preemption
+    # Imported once the config is valid: --help and a bad config answer without loading numpy
+    # and the run's modules (a deferral tests/unit/test_import_layers.py names).
     from trainer.run import run
-    from trainer.runtime import runlog
 
     stop = preemption.PhasedStop()
     preemption.install(stop)

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from trainer.data.dataset import never_trained_on
 from trainer.storage import open_run_dir
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,6 @@ def evaluation_record(cfg, dataset, decision: Decision) -> dict:
 
 def comparison_mask(keys: tuple[str, ...] | None, record: dict | None) -> tuple[np.ndarray | None, dict]:
     """Which of this run's test images the served model never trained on (None: all, unverified)."""
-    from trainer.data.dataset import never_trained_on
 
     if record is None:
         return None, {"fair": False, "note": "the served model has no evaluation record (promoted "

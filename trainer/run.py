@@ -31,6 +31,7 @@ from pathlib import Path
 
 import yaml
 
+from trainer import promote
 from trainer.config import TrainConfig
 from trainer.core.errors import ConfigError, DataError
 from trainer.core.preemption import PhasedStop, SaveTimer, critical
@@ -38,12 +39,17 @@ from trainer.core.quoting import brief
 from trainer.data import dataset as data_lib
 from trainer.data import scan
 from trainer.model import weights
+from trainer.model.backbones import save_backbone_weights
+from trainer.model.export import export_model
+from trainer.report import METRICS_FILE, write_report
 from trainer.report.worker import ReportWorker
 from trainer.runtime import multiworker, runlog
+from trainer.runtime.devices import make_runtime
 from trainer.runtime.stopwatch import Phases
 from trainer.storage import RunDir
 from trainer.training import checkpoint
 from trainer.training.checkpoint import Checkpointer
+from trainer.training.loop import Trainer
 from trainer.training.observer import RunObserver
 
 log = logging.getLogger(__name__)
@@ -146,8 +152,6 @@ def _run(cfg: TrainConfig, stop, phases: Phases, reports: ReportWorker) -> dict:
     dataset = data_lib.open_dataset(cfg, scratch)
     phases.lap("data")
 
-    from trainer.runtime.devices import make_runtime
-    from trainer.training.loop import Trainer
 
     stop.enter("model building")
     if restart:
@@ -187,7 +191,6 @@ def _run(cfg: TrainConfig, stop, phases: Phases, reports: ReportWorker) -> dict:
                                  save_timer, run_log, wall_start)
     decision = None
     if cfg.promote_to:
-        from trainer import promote
 
         stop.enter("promotion check")
         decision = promote.decide(
@@ -245,7 +248,6 @@ def _report_export_promote(cfg: TrainConfig, stop, phases: Phases, reports: Repo
                            run_dir: RunDir, scratch: Path, dataset, test: dict, result,
                            observer: RunObserver, metrics_args: dict, decision) -> dict:
     """Report (in the worker process) and export (here) at once, publish both, then promote."""
-    from trainer.report import METRICS_FILE, write_report
 
     shown = len(test["images"])  # the first test images, in order, for the predictions grid
     report_args = {"images": test["images"], "probs": test["probs"][:shown],
@@ -256,8 +258,6 @@ def _report_export_promote(cfg: TrainConfig, stop, phases: Phases, reports: Repo
                      y_true=test["labels"][:shown], config=cfg.to_dict())
 
     def model_into(directory: Path) -> None:
-        from trainer.model.backbones import save_backbone_weights
-        from trainer.model.export import export_model
 
         export_model(result.model, list(dataset.class_names), cfg.image_size, cfg.model, directory)
         save_backbone_weights(result.model, directory / "backbone.weights.h5")  # for weights: <file>
@@ -285,7 +285,6 @@ def _report_export_promote(cfg: TrainConfig, stop, phases: Phases, reports: Repo
         run_dir.publish(model_dir, "model")
         log.info("model: %s", run_dir.uri_of("model"))
     if decision is not None and decision.promote:
-        from trainer import promote
 
         stop.enter("promotion")
         promote.publish(cfg.promote_to, scratch / "promote", model_into, report_into,

@@ -3,7 +3,9 @@
 ``trainer/`` is a stack of layers (README "Layout"); a module imports only its own package and
 the layers below it, siblings on one level (``runtime``/``data``/``model``, ``training``/
 ``report``) not each other. ``jobs/`` imports of the trainer only ``core``, ``config`` and what
-reads a run directory. No import circle, counting imports inside functions.
+reads a run directory. No import circle, counting imports inside functions; and an import
+inside a function is there to defer something heavy (TensorFlow, matplotlib, scikit-learn,
+scipy, a cloud client), not to hide an arrow from the reader.
 """
 
 from __future__ import annotations
@@ -32,6 +34,18 @@ LAYERS = {
 # What the launcher may import of the trainer: the shared core and config, and what reads a
 # run directory (``jobs runs``/``status`` read progress.json through the storage layer).
 JOBS_MAY_IMPORT = ("trainer.core", "trainer.config", "trainer.storage", "trainer.training.progress")
+# Libraries worth deferring: importing one costs a second or more (or must not happen at all in
+# ``jobs`` and a run's own process: tests/trainer/test_phases.py).
+HEAVY = ("tensorflow", "keras", "matplotlib", "sklearn", "scipy", "google.cloud", "google.auth",
+         "kubernetes")
+# Function-level imports of light project modules, each with its reason.
+DEFERRED_FOR_A_REASON = {
+    ("trainer.model.backbones", "trainer.model.schedule"):
+        "docker/Dockerfile runs backbones.py alone (``bake``) before the package is copied",
+    ("trainer.__main__", "trainer.run"):
+        "--help and a bad config answer before numpy and the run's modules are imported",
+    ("trainer.__main__", "trainer.data.packer"): "the same, for ``data pack --help``",
+}
 
 
 @dataclass(frozen=True)
@@ -162,6 +176,31 @@ def find_circles(graph: dict[str, list[Import]]) -> list[str]:
 def test_no_import_circle(graph):
     circles = find_circles(graph)
     assert circles == [], "import circles:\n  " + "\n\n  ".join(circles)
+
+
+def _loads_heavy(module: str, graph: dict[str, list[Import]], seen: set[str]) -> bool:
+    """True when importing ``module`` imports a heavy library (its own top-level imports, and
+    theirs)."""
+    if module in seen:
+        return False
+    seen.add(module)
+    for imp in graph.get(module, []):
+        if imp.in_function:
+            continue
+        if any(imp.target == h or imp.target.startswith(h + ".") for h in HEAVY):
+            return True
+        if imp.target in graph and _loads_heavy(imp.target, graph, seen):
+            return True
+    return False
+
+
+def test_function_level_imports_defer_something_heavy(graph):
+    hidden = [f"{arrow(imp)}: {imp.target} imports nothing heavy; import it at the top"
+              for imps in graph.values() for imp in dict.fromkeys(imps)
+              if imp.in_function and imp.target in graph
+              and (imp.source, imp.target) not in DEFERRED_FOR_A_REASON
+              and not _loads_heavy(imp.target, graph, set())]
+    assert hidden == [], "function-level imports that defer nothing:\n" + "\n".join(hidden)
 
 
 def test_the_checker_sees_function_level_imports_and_names_the_arrow(tmp_path):

@@ -26,10 +26,14 @@ from pathlib import Path
 
 import numpy as np
 
+from trainer import storage
 from trainer.config import TrainConfig
 from trainer.core.errors import DataError
+from trainer.data import packed
 from trainer.data.builtin import digits_arrays, resize_gray
 from trainer.data.images import Skips, decode_all, verify_all
+from trainer.data.packed import open_packed
+from trainer.data.packed import stream_errors as packed_stream_errors
 
 log = logging.getLogger(__name__)
 
@@ -334,8 +338,6 @@ def open_dataset(cfg: TrainConfig, scratch: Path) -> Dataset:
     or class folders (a bucket prefix is downloaded under ``scratch/datasets`` first)."""
     if cfg.builtin is not None:
         return load_dataset(cfg, None)
-    from trainer import storage
-    from trainer.data import packed
 
     store = storage.open_store(cfg.data)
     manifest = packed.read_manifest(store)
@@ -348,7 +350,6 @@ def open_dataset(cfg: TrainConfig, scratch: Path) -> Dataset:
 
 def load_packed(cfg: TrainConfig, store, manifest, scratch: Path) -> Dataset:
     """A packed dataset's splits as streams; its splits were fixed when it was packed."""
-    from trainer.data.packed import open_packed
 
     if (manifest.seed, manifest.val_fraction, manifest.test_fraction) != (
             cfg.seed, cfg.val_fraction, cfg.test_fraction):
@@ -369,6 +370,5 @@ def stream_errors(dataset: Dataset):
     """A context in which a packed stream's failures become one-line DataErrors (exit 3)."""
     if dataset.train.stream is None:
         return contextlib.nullcontext()
-    from trainer.data.packed import stream_errors as packed_stream_errors
 
     return packed_stream_errors(dataset.uri)

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from trainer.core import preemption
+
 log = logging.getLogger(__name__)
 
 
@@ -23,7 +25,6 @@ def parallel_map(fn, items: list) -> list:
 
     On an exception (SIGTERM arrives as one) the queued items are cancelled, not worked off.
     """
-    from trainer.core import preemption
 
     pool = ThreadPoolExecutor(max_workers=min(32, (os.cpu_count() or 1) * 4))
     try:  # once a stop is requested the rest is skipped, and Preempted raised right after

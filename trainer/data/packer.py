@@ -37,6 +37,8 @@ import numpy as np
 from trainer import storage
 from trainer.config import BUILTIN_PREFIX, load_config
 from trainer.core.errors import ConfigError, DataError
+from trainer.data.builtin import export_builtin
+from trainer.data.dataset import split_files
 from trainer.data.packed import (
     MANIFEST,
     PROGRESS_DIR,
@@ -99,7 +101,6 @@ def _check_image(path: str) -> tuple[bytes, int] | None:
 
 def _source_root(src: str, scratch: Path, tmp: Path) -> Path:
     if src.startswith(BUILTIN_PREFIX):
-        from trainer.data.builtin import export_builtin
 
         root = tmp / "builtin"
         count = export_builtin(src[len(BUILTIN_PREFIX):], root)
@@ -110,7 +111,6 @@ def _source_root(src: str, scratch: Path, tmp: Path) -> Path:
 
 def plan_shards(root: Path, cfg, shard_bytes: int) -> tuple[tuple[str, ...], list[_PlannedShard]]:
     """Class names and the shards to write: per split, files in a seeded order, cut by size."""
-    from trainer.data.dataset import split_files
 
     class_names, found = split_files(root, cfg)
     shards: list[_PlannedShard] = []

@@ -15,7 +15,9 @@ from pathlib import Path
 
 from google.cloud import storage
 
+from trainer.config import BUILTIN_PREFIX
 from trainer.core.errors import ConfigError, DataError
+from trainer.data.builtin import export_builtin
 from trainer.storage import gcs, transfer
 from trainer.storage.uri import is_remote, join, parse_uri
 
@@ -34,7 +36,6 @@ def push_dataset(
     a missing bucket first (meant for the emulator: a real bucket is usually created once, with
     its location and access policy, by an admin).
     """
-    from trainer.config import BUILTIN_PREFIX
 
     if not is_remote(dst_uri):
         raise ConfigError(f"data push: the destination must be gs://bucket/prefix, got {dst_uri!r}")
@@ -42,7 +43,6 @@ def push_dataset(
     if workers < 1:
         raise ConfigError(f"data push: workers must be >= 1, got {workers}")
     if src.startswith(BUILTIN_PREFIX):
-        from trainer.data.builtin import export_builtin
 
         with tempfile.TemporaryDirectory(prefix="kubetrain-push-") as tmp:
             count = export_builtin(src[len(BUILTIN_PREFIX):], Path(tmp))

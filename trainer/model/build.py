@@ -12,6 +12,8 @@ them itself (``Rescaling(1/255)``), so the exported model needs no separate prep
 from __future__ import annotations
 
 from trainer.core.errors import ConfigError
+from trainer.model import backbones
+from trainer.model.backbones import BACKBONES
 
 MIN_IMAGE_SIZE = {"seed_cnn": 14, "resnet_small": 16}
 
@@ -81,7 +83,6 @@ BUILDERS = {"seed_cnn": seed_cnn, "resnet_small": resnet_small}
 def min_image_size(name: str) -> int:
     if name in MIN_IMAGE_SIZE:
         return MIN_IMAGE_SIZE[name]
-    from trainer.model.backbones import BACKBONES
 
     return BACKBONES[name].min_size
 
@@ -100,7 +101,6 @@ def build_model(name: str, image_size: int, num_classes: int, weights_path: str 
         model = target = BUILDERS[name](image_size, num_classes)
         what = "model"
     else:
-        from trainer.model import backbones
 
         model = backbones.build(name, image_size, num_classes, pretrained=bool(weights_path))
         target, what = backbones.backbone_of(model), "backbone"

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from trainer.config import BACKBONES, TrainConfig
 from trainer.core.errors import ConfigError
+from trainer.model.backbones import BACKBONES as SPECS
 from trainer.storage import small_files
 from trainer.storage.uri import is_remote
 
@@ -78,7 +79,6 @@ def _found(kind: str, source: str, path: Path) -> InitialWeights:
 
 
 def _imagenet(cfg: TrainConfig, scratch: Path) -> InitialWeights:
-    from trainer.model.backbones import BACKBONES as SPECS
 
     spec = SPECS[cfg.model]
     fname = spec.imagenet_file

@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from trainer.report import build_metrics, write_report
+
 log = logging.getLogger(__name__)
 
 
@@ -39,7 +41,6 @@ def draw(directory: Path, job: dict) -> tuple[dict, float]:
     ``job`` holds ``build_metrics``'s keyword arguments under ``metrics`` and
     ``write_report``'s (but ``metrics``) under ``report``.
     """
-    from trainer.report import build_metrics, write_report
 
     t0 = time.monotonic()
     metrics = build_metrics(**job["metrics"])

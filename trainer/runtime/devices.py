@@ -21,6 +21,8 @@ from pathlib import Path
 
 from trainer.config import TrainConfig
 from trainer.core.errors import ConfigError
+from trainer.runtime import multiworker
+from trainer.runtime import precision as prec
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +101,6 @@ def choose_precision(cfg: TrainConfig, gpus: list, cache_dir: Path | None, strat
 
     With several workers, the calibrated ratio is averaged over them (an all-reduce), so every
     worker trains in the same precision even when their measurements differ."""
-    from trainer.runtime import precision as prec
 
     machine = prec.observe(gpus)
     choice = prec.decide(machine, cfg.precision, cfg.jit_compile)
@@ -135,7 +136,6 @@ def make_runtime(cfg: TrainConfig, cache_dir: Path | None = None, cluster=None) 
         if cfg.cpu_replicas > 1 or cfg.strategy == "one_device":
             raise ConfigError("multi-worker runs use every GPU of each worker (one CPU device without"
                               " GPUs): leave strategy at auto/mirrored and cpu_replicas at 0 or 1")
-        from trainer.runtime import multiworker
 
         workers, index = cluster.num_workers, cluster.index
     elif cfg.cpu_replicas and not gpus:

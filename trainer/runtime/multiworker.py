@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trainer.core.errors import EXIT_PEER_LOST, EXIT_UNEXPECTED, ConfigError, PeerLost
-from trainer.storage import RunDir
+from trainer.storage import RunDir, is_remote, open_run_dir
 
 log = logging.getLogger(__name__)
 
@@ -365,7 +365,6 @@ def open_run_dir_for(cluster: Cluster | None, uri: str, scratch: Path) -> RunDir
     A bucket output is staged in this worker's own scratch space, so reading it writes nothing
     shared; a local output is read in place.
     """
-    from trainer.storage import is_remote, open_run_dir
 
     if cluster is None or cluster.is_chief or is_remote(uri):
         return open_run_dir(uri, scratch)

@@ -17,6 +17,7 @@ import uuid
 from pathlib import Path
 
 from trainer.core.errors import ConfigError
+from trainer.core.preemption import critical
 
 
 class RunDir:
@@ -61,9 +62,6 @@ class RunDir:
         """
         target = self.local / rel
         old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
-        from trainer.core.preemption import (
-            critical,  # lazy: it imports trainer.training.loop, which imports us
-        )
 
         with critical():  # a SIGTERM between the two renames would leave no ``rel`` at all
             if target.exists():

@@ -15,6 +15,7 @@ import math
 
 import numpy as np
 
+from trainer.data.packed import decode_record
 from trainer.runtime import multiworker
 
 EVAL_BATCH = 256  # at least this many images per step (global), for throughput
@@ -31,7 +32,6 @@ def examples(source, image_size: int):
     if hasattr(source, "records"):  # a packed stream (trainer.data.packed.PackedSource)
         import tensorflow as tf
 
-        from trainer.data.packed import decode_record
 
         return source.records(0, training=False).map(
             decode_record(image_size), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

@@ -31,7 +31,7 @@ from trainer.core.errors import Diverged, PeerLost, Preempted
 from trainer.core.preemption import StopRequest
 from trainer.data import dataset as data_lib
 from trainer.data import pipeline
-from trainer.model import schedule
+from trainer.model import schedule, weights
 from trainer.model.build import build_model
 from trainer.model.optimizer import make_optimizer, per_example_loss
 from trainer.runtime import multiworker
@@ -89,7 +89,6 @@ class Trainer:
         import keras  # lazy, like every TensorFlow import: `jobs` and --help stay light
 
         if init_weights is None:  # trainer/model/weights.py: none, ImageNet or a file, as a local path
-            from trainer.model import weights
 
             init_weights = weights.resolve(cfg, Path(cache_dir or tempfile.gettempdir()))
         self.init_weights = init_weights

@@ -18,6 +18,7 @@ from typing import Any
 from trainer.core.errors import Preempted
 from trainer.storage import RunDir
 from trainer.training.events import DIR as EVENTS_DIR
+from trainer.training.events import EventWriter
 from trainer.training.progress import ProgressRecord
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,6 @@ class RunObserver(NullObserver):
         self.progress = ProgressRecord(run_dir, epochs, steps_per_epoch, enabled=enabled, clock=clock)
         self.events = None
         if enabled:
-            from trainer.training.events import EventWriter
 
             self.events = EventWriter(run_dir.local)
             self.progress.update(force=True)  # the attempt is visible before the first step
