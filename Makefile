@@ -84,7 +84,7 @@ bench-data: $(STAMP) ## packed shards streamed vs download-all, 1k/10k/100k JPEG
 	$(PY) -m bench.data_stream $(BENCH_DATA_ARGS)
 
 .PHONY: cluster-build
-cluster-build: ## build etcd, the Kubernetes control plane and the real node (kubelet, kube-proxy, CoreDNS) from Go modules (cached; 15-20 min the first time)
+cluster-build: ## build etcd, the Kubernetes control plane, the real node (kubelet, kube-proxy, CoreDNS) and Kueue from Go modules (cached; 15-20 min the first time, Kueue 10-30 more)
 	@bash tests/cluster/build.sh
 	@bash tests/cluster/build_node.sh
 

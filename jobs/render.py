@@ -41,6 +41,7 @@ CREDENTIALS_DIR = "/var/secrets/google"
 RUN_AS = 10001  # the image's non-root user (docker/Dockerfile); above 10000, outside host ranges
 GPU_RESOURCE = "nvidia.com/gpu"
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+QUEUE_PRIORITY_LABEL = "kueue.x-k8s.io/priority-class"
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"  # set on every pod by the Job controller (>= 1.27)
 DOMAIN = "kubetrain.dev"  # prefix of kubetrain's own annotations
 SPEC_HASH_ANNOTATION = f"{DOMAIN}/spec-hash"
@@ -247,8 +248,18 @@ def job_spec(spec: JobSpec) -> dict:
     return out
 
 
+def _queue_labels(spec: JobSpec) -> dict:
+    """Kueue's labels: the LocalQueue, and the WorkloadPriorityClass when one is named."""
+    if not spec.queue:
+        return {}
+    out = {QUEUE_LABEL: spec.queue}
+    if spec.queue_priority:
+        out[QUEUE_PRIORITY_LABEL] = spec.queue_priority
+    return out
+
+
 def job(spec: JobSpec, namespace: str = "") -> dict:
-    queue = {QUEUE_LABEL: spec.queue} if spec.queue else {}
+    queue = _queue_labels(spec)
     out = {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -267,7 +278,7 @@ def service(spec: JobSpec, namespace: str = "") -> dict:
 
 
 def cron_job(spec: JobSpec, namespace: str = "") -> dict:
-    queue = {QUEUE_LABEL: spec.queue} if spec.queue else {}
+    queue = _queue_labels(spec)
     return {
         "apiVersion": "batch/v1",
         "kind": "CronJob",

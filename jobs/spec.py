@@ -110,6 +110,9 @@ class JobSpec:
     queue: str = doc_field(
         "", "Kueue LocalQueue (label kueue.x-k8s.io/queue-name); the Job is created suspended",
         check=checks.dns_name(63))
+    queue_priority: str = doc_field(
+        "", "Kueue WorkloadPriorityClass (label kueue.x-k8s.io/priority-class): a higher one "
+        "preempts lower ones in the ClusterQueue; needs 'queue'", check=checks.dns_name(253))
     priority_class: str = doc_field(
         "", "PriorityClass of the pods", check=checks.dns_name(253))
     service_account: str = doc_field(
@@ -154,6 +157,9 @@ def _cross_checks(spec: JobSpec, given: set[str]) -> JobSpec:
     for name in sorted(set(spec.env) & set(spec.env_from_secret)):
         raise SpecError(f"key 'env_from_secret.{name}': {name} is also set in 'env'; a variable "
                         "is set once: keep one of the two")
+    if spec.queue_priority and not spec.queue:
+        raise SpecError("key 'queue_priority': only used with a 'queue' (Kueue admits by priority "
+                        "within a ClusterQueue)")
     if spec.workers > 1:
         _check_multi_worker(spec)
     if not spec.schedule:

@@ -57,3 +57,4 @@ build "$here/kube" k8s.io/kubernetes/cmd/kube-controller-manager kube-controller
 build "$here/kube" k8s.io/kubernetes/cmd/kube-scheduler kube-scheduler
 printf '%s\n%s\n' "$k8s_version" "$etcd_version" > "$bin/../VERSION"
 echo "build.sh: binaries in $bin" >&2
+bash "$here/build_kueue.sh"  # Kueue's controller manager, CRDs and webhooks (kueue.py)

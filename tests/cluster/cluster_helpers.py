@@ -79,7 +79,15 @@ def apply_kubetrain_base(api: client.ApiClient, namespace: str) -> None:
             if doc["kind"] == "RoleBinding":
                 for subject in doc["subjects"]:
                     subject.setdefault("namespace", namespace)
-            utils.create_from_dict(api, doc, namespace=namespace)
+            if doc["kind"] == "ClusterRoleBinding":  # one per namespace using the base
+                doc["metadata"]["name"] += f"-{namespace}"
+                for subject in doc["subjects"]:
+                    subject["namespace"] = namespace
+            try:
+                utils.create_from_dict(api, doc, namespace=namespace)
+            except utils.FailToCreateError as exc:  # a ClusterRole made for an earlier namespace
+                if doc["kind"] != "ClusterRole" or any(e.status != 409 for e in exc.api_exceptions):
+                    raise
 
 
 def wait_for(what: str, list_func, namespace: str, check, *, timeout_seconds: float = 120,

@@ -9,6 +9,9 @@ with the reason, unless CI=true, where that is a failure.
 `kube` (function): admin API clients.
 `launcher` (function): runs `python -m jobs ...` against the cluster, in the test's namespace.
 `kubetrain_base` (function): k8s/base's ServiceAccounts and launcher Role applied to it.
+`kueue` (session): Kueue's controller manager, CRDs and webhooks on the same control plane
+(`kueue.py`), started by the first test that asks for it; skipped like the control plane when
+`make cluster-build` has not built it.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import uuid
 from dataclasses import dataclass
 
 import controlplane
+import kueue as kueue_module
 import pytest
 from cluster_helpers import Kube, Launcher, apply_kubetrain_base, base_namespace_labels
 from kubernetes import client
@@ -45,6 +49,20 @@ def control_plane(tmp_path_factory):
         yield plane
     finally:
         plane.stop()
+
+
+@pytest.fixture(scope="session")
+def kueue(control_plane):
+    absent = kueue_module.missing()
+    if absent:
+        message = (f"Kueue not built ({absent[0]} missing); run `make cluster-build` "
+                   "(tests/cluster/build_kueue.sh)")
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true: {message}", pytrace=False)
+        pytest.skip(message)
+    running = kueue_module.Kueue(control_plane)
+    running.start()
+    return running  # ControlPlane.stop() ends it with the rest
 
 
 @pytest.fixture

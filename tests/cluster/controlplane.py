@@ -64,7 +64,8 @@ NODE_LABELS = {
 # Stop order: the node first (the test kubelet ends its pods; the real node's pods are removed
 # through the CRI before containerd stops), etcd last.
 START_ORDER = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler",
-               "containerd", "kubelet", "kube-proxy", "coredns")
+               "containerd", "kubelet", "kube-proxy", "coredns", "kueue")
+# Kueue (kueue.py) is started after the node, when wanted, and stopped first.
 NODE_KINDS = ("test", "real")
 PIDS_FILE = "pids"
 
@@ -366,7 +367,7 @@ class ControlPlane:
 
     # -- helpers ---------------------------------------------------------------------------
 
-    def _spawn(self, name: str, argv: list[str]) -> None:
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
         logfile = (self.log_dir / f"{name}.log").open("ab")
         log.info("starting %s", name)
         proc = subprocess.Popen(
@@ -376,6 +377,7 @@ class ControlPlane:
             # prctl only, no locks taken: safe enough between fork and exec
             preexec_fn=_die_with_parent if self.die_with_parent else None,  # noqa: PLW1509
             cwd=self.state_dir,
+            env={**os.environ, **env} if env else None,
         )
         logfile.close()
         self.processes[name] = proc

@@ -5,7 +5,8 @@
     python tests/cluster/local_cluster.py down
 
 The same control plane the test suite uses (etcd, kube-apiserver, kube-controller-manager,
-kube-scheduler) on 127.0.0.1, left running in the background, with a node:
+kube-scheduler) on 127.0.0.1, left running in the background, with Kueue (`kueue.py`, with
+k8s/kueue's queues: a spec with `queue: gpu-team-a` is admitted by it) and a node:
 
 * `--node real` (the default, or `KUBETRAIN_NODE=real`): the real node of `node.py`
   (containerd, the kubelet, kube-proxy, CoreDNS; root needed), with the image archives of
@@ -29,9 +30,10 @@ import time
 from pathlib import Path
 
 import controlplane
+import kueue
 import node
 import yaml
-from cluster_helpers import BASE, apply_kubetrain_base
+from cluster_helpers import BASE, REPO, apply_kubetrain_base
 from kubernetes import client
 
 
@@ -88,6 +90,7 @@ def up(state_dir: Path, timeout_seconds: float, node_kind: str = "test",
         apply_kubetrain_base(api, namespace)
         if node_kind == "real":
             start_object_store(api, namespace, time.monotonic() + 120)
+        queues = start_kueue(plane, api)
     except BaseException:
         plane.stop()
         raise
@@ -97,7 +100,7 @@ def up(state_dir: Path, timeout_seconds: float, node_kind: str = "test",
             if node_kind == "real" else "test kubelet")
     print(f"cluster up: API server {plane.server}, node {plane.node_name} ({what}), listening"
           f" on {' and '.join(sorted(allowed))} ports {ports}; namespace {namespace} with"
-          f" k8s/base's ServiceAccounts and launcher Role; logs in {plane.log_dir}",
+          f" k8s/base's ServiceAccounts and launcher Role; {queues}; logs in {plane.log_dir}",
           file=sys.stderr)
     print(f"export KUBECONFIG={kubeconfig}")
     return 0
@@ -127,6 +130,16 @@ def start_object_store(api, namespace: str, deadline: float) -> None:
         "the object store (fake-gcs) not ready in time: "
         + "; ".join(f"pod {p.metadata.name} {p.status.phase}" for p in pods.items)
         + "".join(f"; {e.reason}: {e.message}" for e in events))
+def start_kueue(plane: controlplane.ControlPlane, api) -> str:
+    """Kueue and k8s/kueue's queues, when built; says what came up."""
+    if kueue.missing():
+        return "no Kueue (not built: `make cluster-build`)"
+    kueue.Kueue(plane).start()
+    docs = [d for d in yaml.safe_load_all((REPO / "k8s" / "kueue" / "queues.yaml").read_text())
+            if d]
+    kueue.apply_objects(api, docs)
+    names = ", ".join(f"{d['kind']} {d['metadata']['name']}" for d in docs)
+    return f"Kueue {kueue.version()} with {names}"
 
 
 def down(state_dir: Path) -> int:

@@ -4,6 +4,7 @@ scheduled (a CronJob is created); `delete` takes the Job, its pods and its Confi
 Data, output and promote_to are overridden to local ones: nothing may reach a bucket from here.
 """
 
+import kueue
 import pytest
 from cluster_helpers import EXAMPLES, NODE_NAME, job_pods, local_overrides, wait_for
 
@@ -15,8 +16,13 @@ pytestmark = pytest.mark.cluster
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda path: path.stem)
 def test_example_is_accepted_scheduled_and_deleted(example, launcher, kube, namespace,
-                                                   kubetrain_base, tmp_path):
+                                                   kubetrain_base, tmp_path, request):
     spec = load_spec(example)
+    if spec.queue:  # real Kueue admits it, from a LocalQueue of that name with room for it
+        request.getfixturevalue("kueue")
+        kueue.apply_objects(kube.api, kueue.queues(f"cq-{namespace}", namespace, spec.queue,
+                                                   gpus=spec.gpus * spec.workers, cpu="64",
+                                                   memory="512Gi", ephemeral_storage="1Ti"))
     if spec.storage.credentials == "secret":  # made by the platform team in real life
         kube.core.create_namespaced_secret(namespace, {
             "metadata": {"name": spec.storage.secret},
@@ -33,9 +39,6 @@ def test_example_is_accepted_scheduled_and_deleted(example, launcher, kube, name
     else:
         job = kube.batch.read_namespaced_job(spec.name, namespace)
         assert job.spec.backoff_limit == spec.backoff_limit
-        if spec.queue:  # rendered suspended for Kueue; admit it the way Kueue does
-            assert job.spec.suspend is True
-            kube.batch.patch_namespaced_job(spec.name, namespace, {"spec": {"suspend": False}})
         pods = wait_for(
             f"a scheduled, started pod of job {spec.name}", kube.core.list_namespaced_pod,
             namespace, lambda pods: [p for p in pods
@@ -44,6 +47,9 @@ def test_example_is_accepted_scheduled_and_deleted(example, launcher, kube, name
         assert pods[0].spec.node_name == NODE_NAME
         limits = pods[0].spec.containers[0].resources.limits
         assert int(limits.get("nvidia.com/gpu", 0)) == spec.gpus
+        if spec.queue:  # created suspended; started because Kueue admitted its Workload
+            (workload,) = kueue.workloads_of(kube.api, namespace, spec.name)
+            assert kueue.condition(workload, "Admitted") == "True"
 
     out = launcher("delete", spec.name)
     assert "deleted" in out.stdout
