@@ -2,7 +2,7 @@
 them on day 2 (run a CronJob now, suspend, resume, compare runs).
 
 Exit codes: 0 ok; 1 the cluster said no, or the Job failed / got stuck / timed out (``wait``);
-2 a bad spec or bad usage (nothing was sent).
+2 a bad spec or bad usage (nothing was sent), or ``submit --check`` found it could not start.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from jobs import describe, follow, listing, logs, output, runs, status
 from jobs.cluster import ClusterError, KubeconfigError, connect
 from jobs.control import run_now, set_suspended
 from jobs.durations import duration
+from jobs.preflight import checks
 from jobs.render import render, to_yaml
 from jobs.spec import JobSpec, SpecError, load_spec
 from jobs.spec import warnings as spec_warnings
@@ -42,6 +43,7 @@ examples:
   python -m jobs submit examples/kind.yaml                          # idempotent
   python -m jobs submit examples/nightly.yaml --set gpus=2          # a CronJob changes in place
   python -m jobs submit examples/gpu.yaml --dry-run=server          # the API server validates
+  python -m jobs submit examples/gpu.yaml --check                   # could it start? (exit 2 if not)
   python -m jobs -n kubetrain logs digits-kind -f --since 10m       # follows retries too
   python -m jobs wait digits-kind -n kubetrain --timeout 2h         # exit 1 says why it failed
   python -m jobs status digits-kind -n kubetrain                    # epoch, val accuracy, ETA
@@ -49,7 +51,8 @@ examples:
   python -m jobs suspend digits-nightly -n kubetrain                # and resume
   python -m jobs list -n kubetrain -o wide
   python -m jobs runs gs://my-bucket/runs/nightly                   # runs compared, index.html
-exit codes: 0 ok, 1 failed (cluster error, Job failed, stuck or timed out), 2 bad spec or usage.
+exit codes: 0 ok, 1 failed (cluster error, Job failed, stuck or timed out), 2 bad spec or usage
+(or submit --check: it could not start).
 spec reference: docs/launcher.md
 """
 
@@ -114,6 +117,10 @@ def _parser() -> argparse.ArgumentParser:
                    choices=("none", "server", "client"),
                    help="server: the API server validates and defaults everything and stores "
                         "nothing; client: only render (default: none)")
+    s.add_argument("--check", action="store_true",
+                   help="create nothing; say whether it could start: server dry run, the "
+                        "ServiceAccount, the LocalQueue, the Secrets it names, a node that could "
+                        "hold the pod; exit 2 with the reason when not")
     out_flag(s)
 
     def name_command(cmd: str, help: str) -> argparse.ArgumentParser:
@@ -252,6 +259,19 @@ def _submit(args: argparse.Namespace, cluster, spec, ns: str) -> int:
     return EXIT_OK
 
 
+def _check(cluster, spec, ns: str) -> int:
+    found = checks(cluster, spec, ns)
+    for check in found:
+        mark = "ok  " if check.ok and check.checked else "--  " if check.ok else "FAIL"
+        print(f"{mark} {check.line}")
+    failed = [c for c in found if not c.ok]
+    if failed:
+        print(f"error: {spec.name} would not start: {failed[0].line}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"{spec.name} could start in namespace {ns} (nothing was created)")
+    return EXIT_OK
+
+
 def _status(args: argparse.Namespace, cluster, ns: str) -> int:
 
     found = status.lookup(cluster, ns, args.name)
@@ -321,6 +341,8 @@ def _run(args: argparse.Namespace) -> int:
     err = lambda line: print(line, file=sys.stderr, flush=True)
     cluster.notify = err  # an API server restart: one line when it goes, one when it is back
 
+    if args.command == "submit" and args.check:
+        return _check(cluster, spec, ns)
     if args.command == "submit":
         return _submit(args, cluster, spec, ns)
     if args.command == "status":

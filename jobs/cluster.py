@@ -39,6 +39,8 @@ OUTAGE_SECONDS = 300  # how long reads retry an unreachable API server (a restar
 FIRST_CONTACT_SECONDS = 30  # ... when it never answered yet (a wrong address fails sooner)
 RETRY_MAX_DELAY_SECONDS = 5.0
 TRANSIENT_STATUSES = (429, 500, 502, 503, 504)  # a restarting or overloaded API server
+KUEUE_GROUP, KUEUE_VERSION = "kueue.x-k8s.io", "v1beta2"
+KUEUE_PLURALS = {"Workload": "workloads", "LocalQueue": "localqueues", "ClusterQueue": "clusterqueues"}
 
 
 class ClusterError(Exception):
@@ -120,6 +122,20 @@ def _call(what: str, func: Any, *args: Any, **kwargs: Any) -> dict:
         raise _translate(exc, what) from None
 
 
+def _raw_get(api_client: Any, path: str, _preload_content: bool = False,
+             _request_timeout: Any = None) -> Any:
+    """GET ``path`` (an aggregated API the client has no method for); ApiException on >= 400."""
+    from kubernetes.client.exceptions import ApiException
+
+    method, url, headers, body, post = api_client.param_serialize(
+        "GET", path, header_params={"Accept": "application/json"}, auth_settings=["BearerToken"])
+    resp = api_client.call_api(method, url, headers, body, post, _request_timeout=_request_timeout)
+    resp.read()
+    if resp.status >= 400:
+        raise ApiException(status=resp.status, reason=resp.reason, body=resp.data)
+    return resp
+
+
 @dataclass
 class Cluster:
     """API clients for one cluster, and the namespace its config points at."""
@@ -128,6 +144,7 @@ class Cluster:
     batch: Any  # kubernetes.client.BatchV1Api
     default_namespace: str
     host: str
+    custom: Any = None  # kubernetes.client.CustomObjectsApi (Kueue's objects)
     outage_seconds: float = OUTAGE_SECONDS
     notify: Callable[[str], None] = lambda line: None  # a line when it goes down / comes back
     clock: Callable[[], float] = time.monotonic
@@ -180,6 +197,8 @@ class Cluster:
                 "ConfigMap": self.core.read_namespaced_config_map,
                 "Service": self.core.read_namespaced_service,
                 "ServiceAccount": self.core.read_namespaced_service_account,
+                "Secret": self.core.read_namespaced_secret,
+                "PersistentVolumeClaim": self.core.read_namespaced_persistent_volume_claim,
                 "Pod": self.core.read_namespaced_pod}[kind]
         return self._read(what, read, name, namespace)
 
@@ -233,6 +252,34 @@ class Cluster:
                   "Service": self.core.delete_namespaced_service}[kind]
         return _call(f"delete {kind.lower()} {namespace}/{name}", delete, name, namespace,
                      propagation_policy="Background")
+
+    def get_kueue(self, kind: str, namespace: str, name: str) -> dict:
+        """A Kueue object (``kueue.x-k8s.io/v1beta2``): LocalQueue, ClusterQueue, Workload."""
+        plural = KUEUE_PLURALS[kind]
+        if kind == "ClusterQueue":
+            return self._read(f"clusterqueue {name}", self.custom.get_cluster_custom_object,
+                              KUEUE_GROUP, KUEUE_VERSION, plural, name)
+        return self._read(f"{kind.lower()} {namespace}/{name}",
+                          self.custom.get_namespaced_custom_object,
+                          KUEUE_GROUP, KUEUE_VERSION, namespace, plural, name)
+
+    def list_kueue(self, kind: str, namespace: str) -> list[dict]:
+        """Kueue objects of one kind in ``namespace`` (Workloads, LocalQueues)."""
+        return self._read(f"list {kind.lower()}s in {namespace}",
+                          self.custom.list_namespaced_custom_object,
+                          KUEUE_GROUP, KUEUE_VERSION, namespace, KUEUE_PLURALS[kind])["items"]
+
+    def pending_workloads(self, namespace: str, local_queue: str) -> list[dict]:
+        """Kueue's visibility API: the LocalQueue's pending Workloads with their positions.
+        Not retried: an unavailable aggregated API answers 503, and status has a fallback."""
+        path = (f"/apis/visibility.kueue.x-k8s.io/v1beta2/namespaces/{namespace}/localqueues/"
+                f"{local_queue}/pendingworkloads")
+        return _call(f"pending workloads of localqueue {namespace}/{local_queue}", _raw_get,
+                     self.core.api_client, path)["items"]
+
+    def nodes(self) -> list[dict]:
+        """Every Node (cluster-scoped: the launcher's ClusterRole kubetrain-launcher-nodes)."""
+        return self._read("list nodes", self.core.list_node)["items"]
 
     # -- lists ----------------------------------------------------------------------------
 
@@ -348,4 +395,4 @@ def connect(kubeconfig: str | None = None, context: str | None = None) -> Cluste
     host = api.configuration.host
     log.debug("connected to %s (namespace %s)", host, namespace)
     return Cluster(core=client.CoreV1Api(api), batch=client.BatchV1Api(api),
-                   default_namespace=namespace, host=host)
+                   default_namespace=namespace, host=host, custom=client.CustomObjectsApi(api))

@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+from jobs import timeline
 from jobs.follow import (
     _ago,
+    _now,
     _workers_text,
     age,
     exit_summary,
@@ -20,7 +22,11 @@ from jobs.status import Found, run_output
 def status_text(found: Found) -> str:
     """A few lines on the Job or CronJob ``status.lookup`` found, and its pods or runs."""
     if found.kind == "Job":
-        return _job_text(found.obj, found.pods)
+        lines = [_job_text(found.obj, found.pods)]
+        lines += timeline.lines(found.obj, found.pods, found.workload, _now())
+        if found.why_pending:
+            lines.append(f"  waiting: {found.why_pending}")
+        return "\n".join(lines)
     cron = found.obj
     spec, st = cron["spec"], cron.get("status") or {}
     lines = [f"cronjob {cron['metadata']['name']} (namespace {cron['metadata'].get('namespace', '')}): "

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from jobs import pending
 from jobs.cluster import Cluster, Gone, NotFound, Unreachable
 from jobs.render import CONTAINER, JOB_NAME_LABEL
 from jobs.workers import COMPLETION_INDEX_ANNOTATION
@@ -269,6 +270,12 @@ def wait(cluster: Cluster, namespace: str, name: str, *, timeout_seconds: float,
         line = progress_line(name, state, pods)
         if not pods and problems[-1][1]:
             line += f" - {problems[-1][1][0]}: {problems[-1][1][1]}"
+        elif state.phase in ("Suspended", "Pending"):
+            why = pending.diagnose(cluster, job, pods)
+            if why and state.phase == "Suspended":
+                line = f"job {name}: Suspended - {why}"
+            elif why:
+                line += f" ({why})"
         if line != last_line:
             report(line)
             last_line = line

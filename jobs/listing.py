@@ -3,8 +3,9 @@
 
 from __future__ import annotations
 
+from jobs import pending
 from jobs.cluster import Cluster
-from jobs.follow import age, sorted_pods
+from jobs.follow import age, pod_selector, sorted_pods
 from jobs.render import MANAGED_BY
 from jobs.status import _duration, epoch_text, summaries
 
@@ -24,12 +25,18 @@ def list_objects(cluster: Cluster, namespace: str) -> list[dict]:
     for job, summary in zip(jobs, summaries(jobs)):
         owner = next((o["name"] for o in job["metadata"].get("ownerReferences") or []
                       if o.get("kind") == "CronJob"), "")
-        out.append({**summary, "runOf": owner or None})
+        why = ""
+        if summary["state"] in ("Suspended", "Pending"):
+            pods = cluster.list("Pod", namespace, pod_selector(job["metadata"]["name"]))["items"]
+            why = pending.diagnose(cluster, job, pods)
+        out.append({**summary, "runOf": owner or None, "why_pending": why or None})
     return out
 
 
 def _short_progress(obj: dict) -> str:
     record = obj.get("progress")
+    if obj.get("why_pending") and (not record or record.get("state") == "preempted"):
+        return obj["why_pending"]
     if not record:
         return "-"
     if record.get("state") == "finished" and isinstance(record.get("test_accuracy"), (int, float)):

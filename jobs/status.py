@@ -18,6 +18,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from jobs import pending, timeline
 from jobs.cluster import Cluster, NotFound
 from jobs.follow import _cron_runs, age, job_state, pod_selector, sorted_pods
 from jobs.render import CONTAINER
@@ -122,6 +123,8 @@ class Found:
     obj: dict
     pods: list[dict] = field(default_factory=list)
     runs: list[dict] = field(default_factory=list)
+    why_pending: str = ""  # a Job that has not started: why, in words (jobs.pending)
+    workload: dict | None = None  # a queued Job's Kueue Workload (admission time, jobs.timeline)
 
 
 def lookup(cluster: Cluster, namespace: str, name: str) -> Found:
@@ -131,7 +134,10 @@ def lookup(cluster: Cluster, namespace: str, name: str) -> Found:
     except NotFound:
         job = None
     if job is not None:
-        return Found("Job", job, pods=sorted_pods(cluster.list("Pod", namespace, pod_selector(name))["items"]))
+        pods = sorted_pods(cluster.list("Pod", namespace, pod_selector(name))["items"])
+        why = "" if job_state(job).done else pending.diagnose(cluster, job, pods)
+        return Found("Job", job, pods=pods, why_pending=why,
+                     workload=pending.find_workload(cluster, job))
     try:
         cron = cluster.get("CronJob", namespace, name)
     except NotFound:
@@ -151,6 +157,9 @@ def status_object(found: Found) -> dict:
         out["pods"] = [{"name": p["metadata"]["name"],
                         "phase": (p.get("status") or {}).get("phase", "Pending"),
                         "node": (p.get("spec") or {}).get("nodeName")} for p in found.pods]
+        out["why_pending"] = found.why_pending or None
+        out["timeline"] = [{"event": what, "time": when.strftime("%Y-%m-%dT%H:%M:%SZ")}
+                           for what, when in timeline.events(job, found.pods, found.workload)]
         return out
     cron = found.obj
     spec, st = cron["spec"], cron.get("status") or {}

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from jobs import describe, follow, listing, logs, render, status
-from jobs.cluster import Conflict, NotFound
+from jobs.cluster import Conflict, Forbidden, NotFound
 from jobs.spec import parse_spec
 from jobs.submit import delete, submit
 
@@ -43,6 +43,7 @@ class FakeCluster:
         self.rv = itertools.count(1)
         self.calls: list[str] = []
         self.events_of: dict[tuple[str, str], list[dict]] = {}
+        self.nodes_forbidden = False
         self.put({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "kubetrain-trainer"}})
 
     # clocks
@@ -120,6 +121,20 @@ class FakeCluster:
 
     def events(self, namespace, kind, name):
         return copy.deepcopy(self.events_of.get((kind, name), []))
+
+    def get_kueue(self, kind, namespace, name):
+        return self.get(kind, "" if kind == "ClusterQueue" else namespace, name)
+
+    def list_kueue(self, kind, namespace):
+        return self.list(kind, namespace)["items"]
+
+    def pending_workloads(self, namespace, local_queue):
+        raise NotFound("the server could not find the requested resource (no visibility API)")
+
+    def nodes(self):
+        if self.nodes_forbidden:
+            raise Forbidden("list nodes: forbidden")
+        return self.list("Node", "")["items"]
 
     def watch(self, kind, namespace, *, name="", label_selector="", resource_version="", timeout_seconds=30):
         step = self.steps.pop(0) if self.steps else None
