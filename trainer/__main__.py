@@ -16,6 +16,7 @@ TensorFlow's shutdown barrier (see ``trainer/runtime/multiworker.py``).
 from __future__ import annotations
 
 import argparse
+import math
 import logging
 import os
 import sys
@@ -24,6 +25,7 @@ import traceback
 
 from trainer.config import field_docs, load_config, parse_overrides, read_config_file
 from trainer.core import errors, preemption
+from trainer.core.quoting import brief
 from trainer.runtime import multiworker, runlog
 
 log = logging.getLogger("trainer")
@@ -98,13 +100,32 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _number(kind: type, low: float, high: float, *, low_open: bool = False, high_open: bool = False):
+    """An argparse type: a finite ``kind`` between ``low`` and ``high`` (each included unless
+    ``*_open``)."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            what = "a whole number" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"{brief(text)} is not {what}") from None
+        if (not math.isfinite(value) or value < low or value > high or (low_open and value == low)
+                or (high_open and value == high)):
+            shown = (lambda v: str(int(v))) if kind is int else (lambda v: f"{v:g}")
+            interval = f"{'(' if low_open else '['}{shown(low)}, {shown(high)}{')' if high_open else ']'}"
+            raise argparse.ArgumentTypeError(f"{brief(text)} must be in {interval}")
+        return value
+
+    return parse
+
+
 def _data_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m trainer data", description="Dataset helpers.")
     sub = p.add_subparsers(dest="action", required=True)
     push = sub.add_parser("push", help="upload a dataset (builtin:digits or a folder) to a bucket prefix")
     push.add_argument("src", help="builtin:digits or a local directory in the class-folder layout")
     push.add_argument("dst", help="gs://bucket/prefix")
-    push.add_argument("--workers", type=int, default=16, help="parallel uploads (default 16)")
+    push.add_argument("--workers", type=_number(int, 1, 256), default=16, help="parallel uploads (default 16)")
     push.add_argument("--create-bucket", action="store_true",
                       help="create the bucket if it does not exist (handy with an emulator)")
     pack = sub.add_parser(
@@ -114,16 +135,16 @@ def _data_parser() -> argparse.ArgumentParser:
         "each file's path and --seed). Run it again after an interruption: it resumes.")
     pack.add_argument("src", help="builtin:digits, a class-folder directory, or gs://bucket/prefix")
     pack.add_argument("dst", help="a new local directory or gs://bucket/prefix")
-    pack.add_argument("--shard-size-mb", type=float, default=128, dest="shard_mb",
+    pack.add_argument("--shard-size-mb", type=_number(float, 0, 65536, low_open=True), default=128, dest="shard_mb",
                       help="target shard size in MB (default 128)")
-    pack.add_argument("--seed", type=int, default=1337, help="split seed (default 1337, as training)")
-    pack.add_argument("--val-fraction", type=float, default=0.1, dest="val_fraction",
+    pack.add_argument("--seed", type=_number(int, 0, 2**32 - 1), default=1337, help="split seed (default 1337, as training)")
+    pack.add_argument("--val-fraction", type=_number(float, 0, 0.5, high_open=True), default=0.1, dest="val_fraction",
                       help="val share when SRC has no val/ folder (default 0.1)")
-    pack.add_argument("--test-fraction", type=float, default=0.1, dest="test_fraction",
+    pack.add_argument("--test-fraction", type=_number(float, 0, 0.5, low_open=True, high_open=True), default=0.1, dest="test_fraction",
                       help="test share when SRC has no test/ folder (default 0.1)")
-    pack.add_argument("--max-bad-image-fraction", type=float, default=0.01, dest="max_bad",
+    pack.add_argument("--max-bad-image-fraction", type=_number(float, 0, 1), default=0.01, dest="max_bad",
                       help="unreadable images are skipped; above this share packing fails (default 0.01)")
-    pack.add_argument("--workers", type=int, default=8, help="threads reading and checking images (default 8)")
+    pack.add_argument("--workers", type=_number(int, 1, 256), default=8, help="threads reading and checking images (default 8)")
     pack.add_argument("--create-bucket", action="store_true",
                       help="create the bucket if it does not exist (handy with an emulator)")
     return p

@@ -46,7 +46,7 @@ from trainer.report.worker import ReportWorker
 from trainer.runtime import multiworker, runlog
 from trainer.runtime.devices import make_runtime
 from trainer.runtime.stopwatch import Phases
-from trainer.storage import RunDir
+from trainer.storage import RunDir, open_run_dir, storage_retries
 from trainer.training import checkpoint
 from trainer.training.checkpoint import Checkpointer
 from trainer.training.loop import Trainer
@@ -134,6 +134,9 @@ def _run(cfg: TrainConfig, stop, phases: Phases, reports: ReportWorker) -> dict:
     cluster = multiworker.from_environment()
     run_dir = multiworker.open_run_dir_for(cluster, cfg.output, scratch / "staging")
     run_log = runlog.start(run_dir)
+    if cfg.promote_to and (cluster is None or cluster.is_chief):
+        # Checked now, not after training: a missing bucket or a read-only path is exit 2.
+        open_run_dir(cfg.promote_to, scratch / "promote", key="promote_to")
     stop.enter("data loading")  # a bucket prefix is downloaded here too
     cfg = scan.fit_to_source(cfg, scratch).config  # image size etc. from the images
     init_weights = weights.resolve(cfg, scratch)  # before config.yaml: it records their checksum
@@ -239,6 +242,7 @@ def _metrics_args(cfg: TrainConfig, dataset, runtime, trainer, init_weights, res
             "output": cfg.output,
             "cost": observer.cost(runtime.device_kind, runtime.replicas, result.train_seconds),
             "checkpoint_seconds": save_timer.summary(),
+            "storage_retries": storage_retries(),
             "log": run_log.rel,
         },
     }

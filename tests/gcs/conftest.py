@@ -55,3 +55,18 @@ def bucket(gcs_client, request) -> str:
     name = f"t-{stem}-{uuid.uuid4().hex[:8]}"
     gcs_client.create_bucket(name)
     return name
+
+
+@pytest.fixture
+def fault_proxy(gcs_emulator):
+    """A FaultProxy (tests/gcs/fault_proxy.py) in front of the emulator, scripted by the test;
+    ``STORAGE_EMULATOR_HOST`` points at it for the test (the trainer's client for that URL
+    is its own, so other tests keep talking to the emulator directly)."""
+    from fault_proxy import FaultProxy
+
+    with FaultProxy(gcs_emulator) as proxy:
+        os.environ["STORAGE_EMULATOR_HOST"] = proxy.url
+        try:
+            yield proxy
+        finally:
+            os.environ["STORAGE_EMULATOR_HOST"] = gcs_emulator

@@ -245,6 +245,9 @@ def _validate(cfg: TrainConfig) -> None:
          f"config key 'weights': {cfg.weights!r} is not imagenet, none, auto or a .h5 / .weights.h5 file or URI")
     need(cfg.weights != "imagenet" or cfg.model in BACKBONES,
          f"config key 'weights': imagenet weights exist only for the backbones ({', '.join(BACKBONES)})")
+    need(not cfg.promote_to or cfg.builtin is not None or not is_inside(cfg.promote_to, cfg.data),
+         f"config key 'promote_to': {brief(cfg.promote_to)} is the dataset {brief(cfg.data)} or "
+         "inside it: promoting would write model/ and report/ into the dataset")
     need(not cfg.promote_to or cfg.export, "config key 'promote_to' needs export: true")
     need(not cfg.promote_to or cfg.promote_to.rstrip("/") != cfg.output.rstrip("/"),
          "config key 'promote_to' must differ from output")

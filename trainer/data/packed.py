@@ -45,6 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from trainer.core.errors import DataError
+from trainer.core.quoting import brief
 from trainer.data.shard_window import FAILURES, ShardRef, ShardWindow, clear_scratch
 
 log = logging.getLogger(__name__)
@@ -144,7 +145,11 @@ class Manifest:
         except DataError:
             raise
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise DataError(f"{where} is malformed ({type(exc).__name__}: {exc}); pack the dataset again") from None
+            raise DataError(f"{where} is malformed ({type(exc).__name__}: {brief(str(exc), 120)}); "
+                            "pack the dataset again") from None
+        except RecursionError:
+            raise DataError(f"{where} is nested too deeply to be a manifest; pack the dataset again") from None
+        _check_counts(manifest, where)
         if manifest.fingerprint != manifest.computed_fingerprint():
             raise DataError(f"{where}: the fingerprint does not match the shards listed; "
                             "the manifest was edited or damaged: pack the dataset again")
@@ -155,6 +160,28 @@ class Manifest:
             for shard in info.shards:
                 _check_shard_name(shard.name, where)
         return manifest
+
+
+def _check_counts(manifest: Manifest, where: str) -> None:
+    """The counts a manifest states agree with each other and with its class list (the
+    fingerprint covers the shards, not these): an edited count or class list is refused here,
+    not found out by TensorFlow mid-training."""
+    names = manifest.class_names
+    if not names or not all(isinstance(n, str) and n for n in names) or len(set(names)) != len(names):
+        raise DataError(f"{where}: 'class_names' must be distinct non-empty names; pack the dataset again")
+    for split, info in manifest.splits.items():
+        in_shards = sum(s.images for s in info.shards)
+        per_class = info.per_class
+        unknown = sorted(set(per_class) - set(names), key=str)
+        if unknown:
+            raise DataError(f"{where}: key 'splits.{split}.per_class' names {brief(unknown[0])}, which is "
+                            "not in 'class_names'; the manifest was edited: pack the dataset again")
+        if any(not isinstance(v, int) or isinstance(v, bool) or v < 0 for v in per_class.values()):
+            raise DataError(f"{where}: key 'splits.{split}.per_class' holds a value that is not a count")
+        if not info.images == in_shards == sum(per_class.values()):
+            raise DataError(f"{where}: key 'splits.{split}.images': the counts disagree (images "
+                            f"{info.images}, in its shards {in_shards}, per class {sum(per_class.values())}); "
+                            "the manifest was edited: pack the dataset again")
 
 
 def _check_shard_name(name: str, where: str) -> None:
@@ -376,8 +403,9 @@ def open_packed(store, manifest: Manifest, scratch: Path, window: int) -> dict[s
 def stream_errors(uri: str) -> Iterator[None]:
     """Turn ``tf.data`` failures of a packed stream into one-line DataErrors (exit 3).
 
-    A fetcher thread's DataError (a damaged shard) reaches the training loop wrapped in a
-    TensorFlow error; the original, recorded in ``FAILURES``, is raised instead. Any other
+    A fetcher thread's error (a damaged shard: exit 3; storage down: exit 1) reaches the
+    training loop wrapped in a TensorFlow error; the original, recorded in ``FAILURES``, is
+    raised instead. Any other
     TensorFlow data error (an undecodable image, a corrupt record) names the dataset.
     """
     import tensorflow as tf

@@ -37,6 +37,7 @@ import numpy as np
 from trainer import storage
 from trainer.config import BUILTIN_PREFIX, load_config
 from trainer.core.errors import ConfigError, DataError
+from trainer.core.quoting import brief
 from trainer.data.builtin import export_builtin
 from trainer.data.dataset import split_files
 from trainer.data.packed import (
@@ -180,6 +181,11 @@ def pack(src: str, dest: str, opts: PackOptions, scratch: Path) -> Manifest:
     if store.read_bytes(MANIFEST) is not None:
         raise ConfigError(f"{dest} already holds a packed dataset ({MANIFEST}); pack into a new "
                           "destination (packs are immutable: runs trained on this one stay reproducible)")
+    foreign = sorted(n for n in store.list() if not _ours(n))
+    if foreign:
+        raise ConfigError(f"data pack: {brief(dest)} already holds files that are not a pack (e.g. "
+                          f"{brief(foreign[0])}, {len(foreign)} in all): a class-folder dataset there "
+                          "would then train on the pack; pack into a new, empty destination")
     scratch.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="pack-", dir=scratch) as tmp_name:
         tmp = Path(tmp_name)
@@ -223,6 +229,14 @@ def pack(src: str, dest: str, opts: PackOptions, scratch: Path) -> Manifest:
              dest, *(manifest.splits[s].images for s in SPLITS), manifest.skipped_images,
              sum(i.bytes for i in manifest.splits.values()) / 1e6, manifest.fingerprint[:16])
     return manifest
+
+
+def _ours(name: str) -> bool:
+    """Whether ``name`` (relative to the destination) is a file an interrupted pack leaves."""
+    split, _, rest = name.partition("/")
+    return (name.startswith(PROGRESS_DIR + "/")
+            or (split in SPLITS and "/" not in rest and rest.startswith(f"{split}-")
+                and rest.endswith(SHARD_SUFFIX)))
 
 
 def _progress_name(shard: str) -> str:

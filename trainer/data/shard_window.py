@@ -30,12 +30,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from trainer.core.errors import DataError
+from trainer.core.errors import DataError, TrainerError
 
 log = logging.getLogger(__name__)
 
 HASH_CHUNK_BYTES = 4 << 20
-FAILURES: list[DataError] = []  # data errors seen by fetcher threads, newest last
+FAILURES: list[TrainerError] = []  # errors seen by fetcher threads (data, storage), newest last
 _verified: set[tuple[str, int, int]] = set()  # (path, size, mtime_ns) of in-place shards checked
 _verified_lock = threading.Lock()
 
@@ -131,7 +131,7 @@ class ShardWindow:
                 self.bytes_on_disk += shard.bytes
                 self.peak_bytes_on_disk = max(self.peak_bytes_on_disk, self.bytes_on_disk)
             return dest
-        except DataError as exc:
+        except TrainerError as exc:  # a damaged shard (exit 3), or storage down (exit 1)
             FAILURES.append(exc)
             raise
 

@@ -11,6 +11,8 @@ them itself (``Rescaling(1/255)``), so the exported model needs no separate prep
 
 from __future__ import annotations
 
+import warnings
+
 from trainer.core.errors import ConfigError
 from trainer.model import backbones
 from trainer.model.backbones import BACKBONES
@@ -106,8 +108,24 @@ def build_model(name: str, image_size: int, num_classes: int, weights_path: str 
         target, what = backbones.backbone_of(model), "backbone"
     if weights_path:
         try:
-            target.load_weights(weights_path)
+            with warnings.catch_warnings():  # Keras warns once per layer that does not fit
+                warnings.simplefilter("ignore")
+                target.load_weights(weights_path)
         except Exception as exc:  # noqa: BLE001 (h5py, ValueError, KeyError: all mean "wrong file")
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-            raise ConfigError(f"weights file {weights_path} does not fit {what} {name!r}: {first}") from None
+            raise ConfigError(f"weights file {weights_path} does not fit {what} {name!r}: "
+                              f"{load_error_reason(exc)}") from None
     return model
+
+
+def load_error_reason(exc: BaseException) -> str:
+    """The reason in a Keras ``load_weights`` error, in one short line: its header ("A total of
+    N objects could not be loaded.") and the first reason line after it, without the variable's
+    values that Keras prints with it."""
+    lines = [" ".join(line.split()) for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    head = lines[0].split(" Example error message")[0]
+    reason = next((line for line in lines[1:] if not line.startswith(("List of objects", "[<"))), "")
+    reason = reason.split(" Target variable:")[0]
+    text = f"{head} {reason}".strip()
+    return text if len(text) <= 300 else text[:297] + "..."

@@ -30,15 +30,18 @@ What was measured on this TF build (2.21, CPU, two processes on loopback), and t
   handler is installed again once the cluster is up.
 * Rendezvous is bounded: worker 0 waited forever for a peer that never came, so
   ``rendezvous_timeout_seconds`` is enforced by a timer that ends the process with exit 1
-  (counted against ``backoffLimit``: a worker that never comes is a real failure).
+  (counted against ``backoffLimit``: a worker that never comes is a real failure); that
+  timer needs no GIL (``_Timer``): TensorFlow's rendezvous can block in C++ holding it.
 """
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import logging
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -46,6 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trainer.core.errors import EXIT_PEER_LOST, EXIT_UNEXPECTED, ConfigError, PeerLost
+from trainer.core.quoting import brief
 from trainer.storage import RunDir, is_remote, open_run_dir
 
 log = logging.getLogger(__name__)
@@ -113,16 +117,27 @@ def from_environment(env: dict[str, str] | None = None) -> Cluster | None:
     return None
 
 
+MAX_TF_CONFIG_BYTES = 1 << 16  # 256 workers' addresses fit many times over
+
+
 def _from_tf_config(raw: str) -> Cluster | None:
+    expected = ('expected {"cluster": {"worker": ["host:port", ...]}, '
+                '"task": {"type": "worker", "index": N}}')
+    if len(raw) > MAX_TF_CONFIG_BYTES:
+        raise ConfigError(f"{TF_CONFIG} is longer than {MAX_TF_CONFIG_BYTES >> 10} KiB; {expected}")
     try:
         tf_config = json.loads(raw)
         workers = tuple(tf_config["cluster"]["worker"])
-        task = tf_config.get("task") or {"type": "worker", "index": 0}
+        task = tf_config.get("task")
+        if task is None and len(workers) > 1:
+            raise ConfigError(f"{TF_CONFIG} has no 'task': with {len(workers)} workers each process "
+                              'must say which one it is ("task": {"type": "worker", "index": N})')
+        task = task or {"type": "worker", "index": 0}
         task_type, index = task.get("type", "worker"), task.get("index", 0)
-    except (ValueError, KeyError, TypeError, AttributeError):
-        raise ConfigError(f"{TF_CONFIG} is not valid: expected "
-                          '{"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", "index": N}}'
-                          ) from None
+        if not all(isinstance(w, str) for w in workers) or not isinstance(tf_config["cluster"], dict):
+            raise TypeError
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
+        raise ConfigError(f"{TF_CONFIG} is not valid: {expected}") from None
     other = sorted(set(tf_config["cluster"]) - {"worker"})
     if other or task_type != "worker":
         raise ConfigError(f"{TF_CONFIG}: only 'worker' tasks are supported (found {other or task_type!r}); "
@@ -135,8 +150,9 @@ def _from_tf_config(raw: str) -> Cluster | None:
 def _checked(workers: tuple[str, ...], index: int, source: str) -> Cluster | None:
     for w in workers:
         host, _, port = str(w).rpartition(":")
-        if not host or not port.isdigit():
-            raise ConfigError(f"{source}: worker address {w!r} is not host:port")
+        if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ConfigError(f"{source}: worker address {brief(str(w))} is not host:port "
+                              "(a port from 1 to 65535)")
     if not 0 <= index < max(1, len(workers)):
         raise ConfigError(f"{source}: task index {index} is outside the {len(workers)} workers")
     if len(set(workers)) != len(workers):
@@ -175,17 +191,48 @@ def _die(message: str, code: int) -> None:
 
 
 class _Timer:
-    """Ends the process with ``code`` unless disarmed within ``seconds`` (0 = never)."""
+    """Ends the process with ``code`` unless disarmed within ``seconds`` (0 = never).
 
-    def __init__(self, seconds: float, message: str, code: int):
+    A Python timer thread needs the GIL, and TensorFlow's rendezvous can block in C++ holding
+    it (a peer address nobody listens on: seen waiting for ever, deaf to SIGTERM too). So two
+    backstops that need no GIL here: a watchdog process that prints the error line at
+    ``seconds`` + 1 unless this process disarmed it (or is gone: its stdin closes), and
+    faulthandler's C watchdog thread, which ends the process with exit 1 at ``seconds`` +
+    ``BACKSTOP_SECONDS`` (its thread dump goes to a file, not to stderr)."""
+
+    def __init__(self, seconds: float, message: str, code: int, dump_path: Path | None = None):
         self._timer = threading.Timer(seconds, _die, (message, code)) if seconds > 0 else None
-        if self._timer:
-            self._timer.daemon = True
-            self._timer.start()
+        self._watchdog: subprocess.Popen | None = None
+        self._dump = None
+        if not self._timer:
+            return
+        self._timer.daemon = True
+        self._timer.start()
+        line = f"rendezvous error: {message}\n"
+        self._watchdog = subprocess.Popen(
+            [sys.executable, "-c", _WATCHDOG, str(seconds + 1), line],
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, close_fds=True)
+        self._dump = open(dump_path or os.devnull, "w")  # noqa: SIM115 - open until cancel()
+        faulthandler.dump_traceback_later(seconds + BACKSTOP_SECONDS, exit=True, file=self._dump)
 
     def cancel(self) -> None:
         if self._timer:
             self._timer.cancel()
+        if self._watchdog is not None:
+            faulthandler.cancel_dump_traceback_later()
+            self._watchdog.stdin.close()  # EOF: the watchdog leaves without a word
+            self._watchdog.wait()
+            self._dump.close()
+            self._watchdog = None
+
+
+BACKSTOP_SECONDS = 3  # the rendezvous ends at most this long after its timeout (docs/reliability.md)
+# The watchdog process: waits on stdin (EOF = disarmed or the trainer is gone) for at most
+# argv[1] seconds, else writes argv[2] to the shared stderr.
+_WATCHDOG = ("import os, select, sys\n"
+             "ready, _, _ = select.select([sys.stdin], [], [], float(sys.argv[1]))\n"
+             "if not ready:\n"
+             "    os.write(2, sys.argv[2].encode())\n")
 
 
 class GraphWatchdog:

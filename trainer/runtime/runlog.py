@@ -13,7 +13,7 @@ import os
 import socket
 import time
 
-from trainer.storage import RunDir
+from trainer.storage import RunDir, outage
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +36,7 @@ class RunLog:
     def push(self) -> None:
         """Upload the log as it stands (never fails the run: the log is secondary)."""
         self.handler.flush()
-        try:
-            self.run_dir.push(self.rel)
-        except Exception as exc:  # noqa: BLE001 - a log upload must not mask the run's outcome
-            log.warning("could not upload the log %s: %s", self.run_dir.uri_of(self.rel), exc)
+        outage.push(self.run_dir, self.rel, f"the log {self.run_dir.uri_of(self.rel)}")
 
     def finish(self, error: BaseException | None = None) -> None:
         if error is not None:

@@ -8,7 +8,10 @@ The only package that knows about URI schemes (``uri.py``). The rest of the trai
   list, copy in and out) for the packed-dataset format (``store.py``), which streams from it
   instead of downloading everything first;
 * ``open_run_dir(uri, scratch) -> RunDir``: the run's output (``rundir.py``);
-* ``validate_uri(key, uri)``: the config's check of a ``data``/``output`` URI.
+* ``validate_uri(key, uri)``: the config's check of a ``data``/``output`` URI;
+* ``storage_retries()``: transient failures retried so far (``metrics.json``), and
+  ``outage.py``: best-effort uploads that skip while storage is down, and the bound after
+  which a run whose storage stays away ends (exit 1).
 
 The modules behind ``gs://``, imported only when a bucket is used (the cloud client costs a
 second at start-up, and ``jobs/`` never needs it): ``gcs.py`` (client, retries, errors),
@@ -27,7 +30,15 @@ from trainer.storage.store import Store
 from trainer.storage.uri import GCS_SCHEME, is_remote, validate_uri
 
 __all__ = ["GCS_SCHEME", "LocalRunDir", "RunDir", "Store", "fetch_dataset", "is_remote",
-           "open_run_dir", "open_store", "validate_uri"]
+           "open_run_dir", "open_store", "storage_retries", "validate_uri"]
+
+
+def storage_retries() -> int:
+    """Transient object-storage failures retried so far by this process (0 without a bucket)."""
+    import sys
+
+    gcs = sys.modules.get("trainer.storage.gcs")  # never imported: no bucket, no retries
+    return gcs.retries() if gcs is not None else 0
 
 
 def fetch_dataset(uri: str, cache_dir: Path) -> Path:
@@ -53,10 +64,11 @@ def open_store(uri: str, *, create_bucket: bool = False) -> Store:
     return Store(uri)
 
 
-def open_run_dir(uri: str, scratch: Path) -> RunDir:
-    """The run directory for ``uri``; remote outputs are staged under ``scratch``."""
+def open_run_dir(uri: str, scratch: Path, key: str = "output") -> RunDir:
+    """The run directory for ``uri``; remote outputs are staged under ``scratch``. Opening
+    checks it is writable (a missing bucket, a read-only path: ConfigError naming ``key``)."""
     if is_remote(uri):
         from trainer.storage.gcs_rundir import GCSRunDir  # lazy: the cloud client
 
-        return GCSRunDir(uri, scratch)
-    return LocalRunDir(uri)
+        return GCSRunDir(uri, scratch, key=key)
+    return LocalRunDir(uri, key=key)

@@ -8,7 +8,8 @@ that a ``gs://`` URI reaches, never by ``import trainer.storage``).
   tests) it talks to the emulator anonymously; otherwise it uses Application Default Credentials
   (Workload Identity on GKE, or the key file named by ``GOOGLE_APPLICATION_CREDENTIALS``).
 * ``RETRY``: every call retries transient failures (429, 408, 5xx, connection resets) with
-  exponential backoff, 1 s doubling up to 32 s, for at most 120 s.
+  exponential backoff, 1 s doubling up to 32 s, for at most 120 s; each request times out after
+  60 s (a stall is a retried failure). Every retry is counted (``retries()``).
 * ``errors(what)``: what outlives the retries becomes one of the trainer's errors: missing
   credentials, rejected credentials and permission denied are a ``ConfigError`` (exit 2: a
   retry cannot fix IAM); a missing dataset bucket or an empty prefix is a ``DataError`` (exit
@@ -42,7 +43,42 @@ EMULATOR_ENV = "STORAGE_EMULATOR_HOST"
 EMULATOR_PROJECT = "test"
 SCOPE = "https://www.googleapis.com/auth/devstorage.read_write"
 DEFAULT_WORKERS = 16  # small objects are latency-bound: threads overlap the round trips
-RETRY = DEFAULT_RETRY.with_delay(initial=1.0, maximum=32.0, multiplier=2.0).with_timeout(120.0)
+
+
+
+def _seconds_from_env(name: str, default: float) -> float:
+    """A positive number of seconds from the environment (tests shorten the bounds)."""
+    try:
+        value = float(os.environ.get(name, default))
+    except ValueError:
+        return default
+    return value if 0 < value < 1e6 else default
+
+
+# The bounds of waiting on storage (docs/reliability.md, "Storage faults"):
+RETRY_SECONDS = _seconds_from_env("KUBETRAIN_STORAGE_RETRY_SECONDS", 120.0)  # one call's retries
+REQUEST_TIMEOUT_SECONDS = _seconds_from_env("KUBETRAIN_STORAGE_TIMEOUT_SECONDS", 60.0)  # one request
+OUTAGE_SECONDS = _seconds_from_env("KUBETRAIN_STORAGE_OUTAGE_SECONDS", 300.0)  # then the run ends
+
+_retries = 0
+_retries_lock = threading.Lock()
+
+
+def _count_retry(exc: Exception) -> None:
+    global _retries
+    with _retries_lock:
+        _retries += 1
+    log.info("storage: retrying after %s", _first_line(exc))
+
+
+def retries() -> int:
+    """Transient storage failures retried so far in this process (``storage_retries`` in
+    metrics.json)."""
+    return _retries
+
+
+RETRY = DEFAULT_RETRY.with_delay(initial=1.0, maximum=32.0, multiplier=2.0).with_timeout(RETRY_SECONDS)
+RETRY._on_error = _count_retry  # api_core's Retry has no with_on_error(); every copy above keeps it
 NotFound = api_exceptions.NotFound
 
 CREDENTIALS_HINT = (
@@ -77,12 +113,26 @@ def _make_client(emulator: str) -> storage.Client:
             credentials, project = google.auth.default(scopes=[SCOPE])
         except auth_exceptions.DefaultCredentialsError as exc:
             raise ConfigError(f"no Google Cloud credentials ({_first_line(exc)}): {CREDENTIALS_HINT}") from None
-    session = AuthorizedSession(credentials)
+    session = _BoundedSession(credentials)
     # One pooled connection per worker thread (requests keeps only 10 per host by default).
     adapter = HTTPAdapter(pool_connections=4, pool_maxsize=max(32, DEFAULT_WORKERS * 2))
     session.mount("https://", adapter)
     session.mount("http://", adapter)
     return storage.Client(project=project, credentials=credentials, _http=session)
+
+
+class _BoundedSession(AuthorizedSession):
+    """Every request times out after ``REQUEST_TIMEOUT_SECONDS`` (connect and between bytes):
+    a stalled connection becomes a retried error, never a hang."""
+
+    def request(self, method, url, data=None, headers=None, max_allowed_time=None, timeout=None, **kwargs):
+        bound = REQUEST_TIMEOUT_SECONDS
+        if isinstance(timeout, tuple):
+            timeout = tuple(bound if t is None else min(t, bound) for t in timeout)
+        else:
+            timeout = bound if timeout is None else min(timeout, bound)
+        return super().request(method, url, data=data, headers=headers,
+                               max_allowed_time=max_allowed_time, timeout=timeout, **kwargs)
 
 
 def _first_line(exc: BaseException) -> str:

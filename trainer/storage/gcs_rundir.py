@@ -37,7 +37,8 @@ class GCSRunDir(RunDir):
     ``publish`` that an earlier process was killed in the middle of (see ``publish``).
     """
 
-    def __init__(self, uri: str, scratch: Path, workers: int = gcs.DEFAULT_WORKERS):
+    def __init__(self, uri: str, scratch: Path, workers: int = gcs.DEFAULT_WORKERS, key: str = "output"):
+        self.key = key  # the setting that named it, for the messages (output, promote_to)
         self.bucket_name, self.prefix = parse_uri(uri)
         self.uri = f"{GCS_SCHEME}{join(self.bucket_name, self.prefix)}"
         self.workers = workers
@@ -55,7 +56,8 @@ class GCSRunDir(RunDir):
 
     def _check_writable(self) -> None:
         probe = self._bucket.blob(self._name(f".write-probe-{uuid.uuid4().hex}"))
-        missing = gcs.missing_bucket(self.bucket_name, self.uri, ConfigError, "--output")
+        flag = "--output" if self.key == "output" else self.key
+        missing = gcs.missing_bucket(self.bucket_name, self.uri, ConfigError, flag)
         with gcs.errors(f"writing to {self.uri}", missing):
             probe.upload_from_string(b"", retry=gcs.RETRY, if_generation_match=0)
             probe.delete(retry=gcs.RETRY)

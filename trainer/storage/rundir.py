@@ -76,7 +76,7 @@ class RunDir:
 class LocalRunDir(RunDir):
     """A run directory on a local (or mounted) filesystem; checked writable when opened."""
 
-    def __init__(self, uri: str):
+    def __init__(self, uri: str, key: str = "output"):
         self.uri = uri
         self.local = Path(uri).expanduser()
         try:
@@ -85,4 +85,4 @@ class LocalRunDir(RunDir):
             probe.write_bytes(b"")
             probe.unlink()
         except OSError as exc:
-            raise ConfigError(f"output directory {uri!r} is not writable: {exc.strerror}") from None
+            raise ConfigError(f"{key} directory {uri!r} is not writable: {exc.strerror}") from None

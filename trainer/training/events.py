@@ -26,6 +26,8 @@ import logging
 from collections.abc import Mapping
 from pathlib import Path
 
+from trainer.core.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 DIR = "tensorboard"
@@ -55,7 +57,11 @@ class EventWriter:
         import tensorflow as tf
 
         self.dir = Path(local_run_dir) / DIR
-        self.dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a file named tensorboard in the run directory, a read-only one
+            raise ConfigError(f"cannot write TensorBoard events to {self.dir} ({exc.strerror or exc}): "
+                              f"remove or rename what is there, or use a new --output") from None
         self._writer = tf.summary.create_file_writer(str(self.dir))
         self._scalar_meta = _metadata("scalars")
         self._image_meta = _metadata("images")

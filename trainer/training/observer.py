@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer.core.errors import Preempted
-from trainer.storage import RunDir
+from trainer.storage import RunDir, outage
 from trainer.training.events import DIR as EVENTS_DIR
 from trainer.training.events import EventWriter
 from trainer.training.progress import ProgressRecord
@@ -149,6 +149,7 @@ class RunObserver(NullObserver):
             return
         try:
             self.events.flush()
-            self.run_dir.push(EVENTS_DIR)
         except Exception as exc:  # noqa: BLE001
-            log.warning("cannot upload the TensorBoard events: %s", exc)
+            log.warning("cannot write the TensorBoard events: %s", exc)
+            return
+        outage.push(self.run_dir, EVENTS_DIR, "the TensorBoard events")

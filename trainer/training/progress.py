@@ -24,7 +24,7 @@ import os
 import time
 from typing import Any
 
-from trainer.storage import RunDir
+from trainer.storage import RunDir, outage
 from trainer.storage.small_files import json_object
 
 log = logging.getLogger(__name__)
@@ -105,9 +105,10 @@ class ProgressRecord:
         try:
             tmp.write_text(json.dumps(self.record, indent=1, default=float))
             os.replace(tmp, path)
-            self.run_dir.push(FILE)
         except Exception as exc:  # noqa: BLE001 - visibility must never fail the training
             log.warning("cannot write %s: %s", FILE, exc)
+            return
+        outage.push(self.run_dir, FILE, FILE)
 
     def step(self, epoch: int, step: int, seconds_per_step: float) -> None:
         """Within an epoch: ``step`` steps of epoch ``epoch`` (0-based, not yet complete) done."""
@@ -115,6 +116,7 @@ class ProgressRecord:
             self._seconds_per_step = seconds_per_step
         self.update(epoch=epoch, step=step, state="training",
                     eta_seconds=self._eta(epoch, step))
+        outage.check()  # storage away for too long: end the run (exit 1) rather than train blind
 
     def epoch_done(self, epochs_completed: int, val_accuracy: float, images_per_second: float,
                    seconds_per_step: float) -> None:
