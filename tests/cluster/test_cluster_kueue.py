@@ -295,3 +295,22 @@ def test_the_launchers_role_can_read_what_why_pending_needs(
               check=False)
     assert cant.returncode == 2 and "no node has 16 GPUs" in cant.stderr, cant.stdout + cant.stderr
     sa("delete", "never")
+
+
+def test_k8s_kueue_is_accepted_by_kueues_crds_and_webhooks(kueue, kube):
+    """k8s/kueue/queues.yaml (what `make cluster-up` applies, and the example for real
+    clusters), created with a server dry run: Kueue's CRD schemas and validating webhooks pass it."""
+    import yaml
+
+    custom = client.CustomObjectsApi(kube.api)
+    docs = [d for d in yaml.safe_load_all((REPO / "k8s" / "kueue" / "queues.yaml").read_text()) if d]
+    assert {d["kind"] for d in docs} == {"ResourceFlavor", "ClusterQueue", "LocalQueue",
+                                         "WorkloadPriorityClass"}
+    for doc in docs:
+        plural = kq.PLURALS[doc["kind"]]
+        if doc["kind"] in kq.NAMESPACED:
+            custom.create_namespaced_custom_object(kq.GROUP, kq.VERSION, "default", plural,
+                                                   {**doc, "metadata": {"name": doc["metadata"]["name"]}},
+                                                   dry_run="All")
+        else:
+            custom.create_cluster_custom_object(kq.GROUP, kq.VERSION, plural, doc, dry_run="All")
