@@ -179,6 +179,11 @@ def export(image: str, log: Path | None = None) -> Path:
     return path
 
 
+def trainer_archive() -> Path:
+    """The CPU trainer image's archive (built or reused first): what a local node imports."""
+    return export(ensure_trainer_image("cpu")[0])
+
+
 def archives() -> list[Path]:
     """Build (or reuse) the CPU trainer and fake-gcs images and export both; returns the paths."""
     return [export(ensure_trainer_image("cpu")[0]), export(ensure_fake_gcs_image()[0])]
