@@ -98,16 +98,44 @@ def test_recomputed_statistics_are_the_mean_batch_statistics_on_every_replica(tm
 
 @pytest.mark.parametrize("momentum, steps, biased", [(0.9, 36, True), (0.9, 65, True), (0.9, 66, False),
                                                      (0.99, 600, True)])
-def test_validation_recomputes_while_the_moving_averages_hold_their_initial_values(momentum, steps, biased):
+def test_moving_averages_are_biased_while_they_hold_their_initial_values(momentum, steps, biased):
     import keras
 
     from trainer.training.batchnorm import BatchNormStats
 
     inputs = keras.Input((4,))
     model = keras.Model(inputs, keras.layers.BatchNormalization(momentum=momentum)(inputs))
-    assert BatchNormStats(model, None).moving_averages_biased(steps) is biased
+    stats = BatchNormStats(model, None)
+    assert stats.moving_averages_biased(steps) is biased
+    # the final recomputation: when biased, with replicas, an earlier epoch or a constant rate
+    assert stats.final_recompute_needed(steps, 1, True, True) is biased
+    assert stats.final_recompute_needed(steps, 2, True, True)
+    assert stats.final_recompute_needed(steps, 1, False, True)
+    assert stats.final_recompute_needed(steps, 1, True, False)
     model.layers[-1].trainable = False  # frozen (a pretrained backbone's): never recomputed
-    assert BatchNormStats(model, None).moving_averages_biased(steps) is False
+    assert stats.moving_averages_biased(steps) is False
+    assert stats.final_recompute_needed(steps, 2, False, False) is False
+
+
+def test_validation_sees_the_moving_averages_without_their_initial_values():
+    import keras
+    import numpy as np
+
+    from trainer.training.batchnorm import BatchNormStats
+
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, keras.layers.BatchNormalization(momentum=0.9)(inputs))
+    layer = model.layers[-1]
+    true_mean, true_var = np.array([5.0, -2.0, 0.5]), np.array([0.01, 4.0, 0.2])
+    for _ in range(36):  # what 36 training steps on batches with these statistics leave
+        layer.moving_mean.assign(layer.moving_mean.numpy() * 0.9 + true_mean * 0.1)
+        layer.moving_variance.assign(layer.moving_variance.numpy() * 0.9 + true_var * 0.1)
+    stale = layer.moving_variance.numpy().copy()
+    assert stale[0] > 3 * true_var[0]  # the 3.3x
+    with BatchNormStats(model, None).debiased(36):
+        np.testing.assert_allclose(layer.moving_mean.numpy(), true_mean, rtol=1e-5)
+        np.testing.assert_allclose(layer.moving_variance.numpy(), true_var, rtol=1e-4)
+    np.testing.assert_allclose(layer.moving_variance.numpy(), stale)  # put back for training
 
 
 def test_short_large_batch_run_tests_as_it_trains(tmp_path):
@@ -117,6 +145,8 @@ def test_short_large_batch_run_tests_as_it_trains(tmp_path):
     train, test = _train_and_test(out)
     assert train > 0.9, train  # it did learn in 36 steps
     assert abs(test - train) <= ONE_POINT, (train, test)
+    val = json.loads((out / "report" / "metrics.json").read_text())["history"]["val_accuracy"]
+    assert min(val) > 0.85, val  # validation too (it was 18-28% with the stale averages)
 
 
 def test_two_replicas_preempted_and_resumed_test_as_they_train(tmp_path):

@@ -277,11 +277,8 @@ class Trainer:
                                     "restart with the same --output to resume")
             progress.clear()
             seconds = time.monotonic() - t0
-            bn_started = time.monotonic()
-            if self._bn_stats.moving_averages_biased(int(self.optimizer.iterations.numpy())):
-                self.recompute_batch_norm()  # before validation: it picks the epoch to export
-            bn_seconds = time.monotonic() - bn_started
-            val = self.evaluate("val")
+            with self._bn_stats.debiased(int(self.optimizer.iterations.numpy())):
+                val = self.evaluate("val")  # it picks the epoch to export
             row = {
                 "loss": totals[0] / max(1, totals[2]),
                 "accuracy": totals[1] / max(1, totals[2]),
@@ -289,7 +286,6 @@ class Trainer:
                 "val_accuracy": val["accuracy"],
                 "learning_rate": self._current_lr(),
                 "epoch_seconds": seconds,
-                "batch_norm_seconds": bn_seconds,
                 "images_per_second": trained_images / max(seconds, 1e-9),
             }
             for key, value in row.items():
@@ -307,7 +303,10 @@ class Trainer:
                                 "restart with the same --output to resume")
 
         selected_epoch, selection = best.select(history, cfg.export_epoch)
-        self.recompute_batch_norm()  # the weights that are tested and exported
+        if self._bn_stats.final_recompute_needed(int(self.optimizer.iterations.numpy()), self.runtime.replicas,
+                                                 cfg.lr_schedule != "constant",
+                                                 selected_epoch == len(history.get("loss", []))):
+            self.recompute_batch_norm()  # the weights that are tested and exported
         speeds = history.get("images_per_second", [])
         steady = speeds[1:] if len(speeds) > 1 else speeds
         return FitResult(
