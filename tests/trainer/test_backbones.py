@@ -61,7 +61,7 @@ def test_each_backbone_trains_saves_and_reloads(tiny_folder, tmp_path, name):
 
     cfg = _cfg(tiny_folder, tmp_path / "out", model=name)
     trainer = _trainer(cfg)
-    assert [p.name for p in trainer.runtime.stopwatch] == ["train"]  # weights: none = from scratch, one phase
+    assert [p.name for p in trainer.phases] == ["train"]  # weights: none = from scratch, one phase
     result = trainer.fit(_checkpointer(trainer, tmp_path / "out"), StopRequest())
     assert np.isfinite(result.history["loss"][0])
     trainer.model.save(tmp_path / "model.keras")
