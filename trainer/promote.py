@@ -84,6 +84,44 @@ def evaluation_record(cfg, dataset, decision: Decision) -> dict:
     }
 
 
+MAX_INFO_BYTES = 1 << 20
+MAX_RECORD_BYTES = 256 << 20  # the test keys of a large dataset
+
+
+def served_json(path: Path, max_bytes: int) -> tuple[dict | None, str]:
+    """(the JSON object in ``path``, "") or (None, what is wrong with it): the served model's
+    files come from outside this run and are checked before use (size, UTF-8, depth, a mapping)."""
+    try:
+        if path.stat().st_size > max_bytes:
+            return None, f"is larger than {max_bytes >> 20} MiB"
+        value = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        return None, "is not UTF-8 text"
+    except RecursionError:
+        return None, "is nested too deeply"
+    except ValueError as exc:
+        return None, f"is not JSON ({str(exc)[:80]})"
+    except OSError as exc:
+        return None, f"cannot be read ({exc.strerror or exc})"
+    return (value, "") if isinstance(value, dict) else (None, "is not a JSON object")
+
+
+def _record_problem(record: dict | None) -> str:
+    """What is wrong with the shape of a served evaluation record ("" when nothing)."""
+    if record is None:
+        return ""
+    keys, rule = record.get("test_keys"), record.get("split_rule")
+    if keys is not None and not (isinstance(keys, list) and all(isinstance(k, str) for k in keys)):
+        return "has a key 'test_keys' that is not a list of strings"
+    if rule is not None and not isinstance(rule, dict):
+        return "has a key 'split_rule' that is not a mapping"
+    for name, kinds in (("seed", int), ("val_fraction", (int, float)), ("test_fraction", (int, float))):
+        value = (rule or {}).get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, kinds)):
+            return f"has a key 'split_rule.{name}' of the wrong type ({str(value)[:40]!r})"
+    return ""
+
+
 def comparison_mask(keys: tuple[str, ...] | None, record: dict | None) -> tuple[np.ndarray | None, dict]:
     """Which of this run's test images the served model never trained on (None: all, unverified)."""
 
@@ -142,17 +180,25 @@ def decide(cfg, scratch: Path, dataset, y_true: np.ndarray, new_pred: np.ndarray
     overall = float(np.mean(new_pred == y_true)) if len(y_true) else 0.0
     if not (target.pull("model/model_info.json") and target.pull("model/model.keras")):
         return Decision(target_uri, True, "no model there yet", overall)
-    info = json.loads((target.local / "model" / "model_info.json").read_text())
+    info, problem = served_json(target.local / "model" / "model_info.json", MAX_INFO_BYTES)
+    if info is None:
+        return Decision(target_uri, False, f"the served model's model/model_info.json {problem}: not "
+                        "promoted (fix or remove the served model to promote by hand)", overall)
     if info.get("class_names") != class_names or info.get("image_size") != cfg.image_size:
         return Decision(target_uri, False, "the current model has other classes or another input size; "
                         "promote by hand if intended", overall)
     record = None
     if target.pull(f"model/{RECORD_FILE}"):
-        try:
-            record = json.loads((target.local / "model" / RECORD_FILE).read_text())
-        except (ValueError, OSError):
-            log.warning("%s/model/%s is unreadable: comparing without it", target_uri, RECORD_FILE)
-    mask, comparison = comparison_mask(dataset.test.keys, record)
+        record, problem = served_json(target.local / "model" / RECORD_FILE, MAX_RECORD_BYTES)
+        problem = problem or _record_problem(record)
+        if problem:
+            record = None  # compared on the whole test split: that can only favour the served model
+            log.warning("%s/model/%s %s: comparing without it", target_uri, RECORD_FILE, problem)
+    try:
+        mask, comparison = comparison_mask(dataset.test.keys, record)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:  # a record of a foreign shape
+        log.warning("%s/model/%s does not fit (%s): comparing without it", target_uri, RECORD_FILE, exc)
+        mask, comparison = comparison_mask(dataset.test.keys, None)
     if mask is None:
         mask = np.ones(len(y_true), bool)
     keys = dataset.test.keys
@@ -160,8 +206,16 @@ def decide(cfg, scratch: Path, dataset, y_true: np.ndarray, new_pred: np.ndarray
     comparison.update(num_images=int(mask.sum()),
                       fingerprint=fingerprint(compared) if compared is not None else None)
 
-    current = keras.saving.load_model(target.local / "model" / "model.keras")
-    old_pred = np.asarray(predict_current(current))
+    try:
+        current = keras.saving.load_model(target.local / "model" / "model.keras")
+        old_pred = np.asarray(predict_current(current))
+        if old_pred.shape != new_pred.shape:
+            raise ValueError(f"it predicted {old_pred.shape[0] if old_pred.ndim else 0} classes for "
+                             f"{new_pred.shape[0]} images")
+    except Exception as exc:  # noqa: BLE001 - a foreign or damaged file: any error means "cannot use it"
+        reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+        return Decision(target_uri, False, f"the served model/model.keras cannot be used ({reason}): "
+                        "not promoted (fix or remove the served model to promote by hand)", overall)
     verdict = judge(y_true[mask], new_pred[mask], old_pred[mask], class_names,
                     cfg.promotion_alpha, cfg.promotion_max_recall_drop)
     return Decision(target_uri, comparison=comparison, **verdict)
