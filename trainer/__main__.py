@@ -16,8 +16,8 @@ TensorFlow's shutdown barrier (see ``trainer/runtime/multiworker.py``).
 from __future__ import annotations
 
 import argparse
-import math
 import logging
+import math
 import os
 import sys
 import textwrap

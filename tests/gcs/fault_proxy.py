@@ -208,7 +208,7 @@ class FaultProxy:
             self.server.server_close()
             self.server = None
 
-    def __enter__(self) -> FaultProxy:
+    def __enter__(self) -> FaultProxy:  # noqa: PYI034 (py3.10 target: no typing.Self)
         self.start()
         return self
 
