@@ -42,6 +42,10 @@ bench: $(STAMP) ## trainer vs the tutorial's script, side by side (~25 min; BENC
 test: $(STAMP) $(CHECKOV_STAMP) test-services ## run the whole test suite (starts the GCS emulator and the local control plane it needs)
 	$(PY) -m pytest
 
+.PHONY: test-e2e
+test-e2e: $(STAMP) test-services ## the trainer's own image on the real node: kind example, eviction, OOM (~15 min + the image build)
+	KUBETRAIN_E2E=1 $(PY) -m pytest tests/cluster/test_real_node_trainer.py
+
 .PHONY: test-services
 test-services: ## build the test control plane from Go modules when Go is here, install headless Chromium and podman/buildah/mmdebstrap when missing (CI requires all)
 	@bash tests/image/setup.sh

@@ -154,6 +154,11 @@ def status_object(found: Found) -> dict:
         st = job.get("status") or {}
         out.update(active=st.get("active", 0), succeeded=st.get("succeeded", 0),
                    failed=st.get("failed", 0), suspended=bool(job["spec"].get("suspend")))
+        # as `kubectl get job NAME -o json` shows them
+        out.update(labels=job["metadata"].get("labels") or {},
+                   annotations=job["metadata"].get("annotations") or {},
+                   conditions=[{key: cond.get(key) for key in ("type", "status", "reason", "message")}
+                               for cond in st.get("conditions") or []])
         out["pods"] = [{"name": p["metadata"]["name"],
                         "phase": (p.get("status") or {}).get("phase", "Pending"),
                         "node": (p.get("spec") or {}).get("nodeName")} for p in found.pods]

@@ -146,5 +146,54 @@ def real_node(tmp_path_factory):
 
 
 def real_node_images() -> list:
-    """Image archives to import into the real node besides its own (the trainer's)."""
+    """Image archives to import into the real node at its start, besides its own (none: the
+    trainer's image is imported by the `trainer_image` fixture, only for the tests that use it)."""
     return []
+
+
+TRAINER_IMAGE = "docker.io/library/kubetrain-trainer-cpu:0.1.0"  # examples/kind.yaml's image
+
+
+def trainer_image_archive() -> tuple[object, str]:
+    """(archive, "") of the CPU trainer image, else (None, why not): `$KUBETRAIN_TRAINER_IMAGE`
+    (an archive file), else tests/image/images.py's archive, built there when missing."""
+    from pathlib import Path
+
+    given = os.environ.get("KUBETRAIN_TRAINER_IMAGE")
+    if given:
+        path = Path(given)
+        return (path, "") if path.is_file() else (None, f"KUBETRAIN_TRAINER_IMAGE={given}: no such file")
+    try:
+        from tests.image import images
+    except ImportError as exc:
+        return None, f"no trainer image builder (tests/image/images.py: {exc})"
+    missing = images.missing_tools()
+    if missing:
+        return None, f"cannot build the trainer image: missing {', '.join(missing)}"
+    return images.export(images.ensure_trainer_image("cpu")[0]), ""
+
+
+@pytest.fixture(scope="session")
+def trainer_image(real_node) -> str:
+    """The CPU trainer image (docker/Dockerfile.cpu) imported into the real node's containerd
+    under the name a kubelet resolves examples/kind.yaml's `image:` to."""
+    import node
+
+    if os.environ.get("KUBETRAIN_E2E") != "1":  # ~15 min with the image import: not in make test
+        pytest.skip("the trainer's image on the real node is `make test-e2e` (KUBETRAIN_E2E=1)")
+    archive, reason = trainer_image_archive()
+    if archive is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true: {reason}", pytrace=False)
+        pytest.skip(reason)
+    node.import_image(real_node.plane.state_dir, archive, name=TRAINER_IMAGE)
+    return TRAINER_IMAGE
+
+
+@pytest.fixture(scope="session")
+def kind_namespace(real_node) -> str:
+    """k8s/base's namespace `kubetrain` with its ServiceAccounts and launcher Role, and the kind
+    overlay's object store (fake-gcs) in it, as `make cluster-up` leaves it."""
+    import local_cluster
+
+    return local_cluster.prepare_namespace(real_node.api, object_store=True)

@@ -80,16 +80,9 @@ def up(state_dir: Path, timeout_seconds: float, node_kind: str = "test",
         plane.stop()
         print(f"refusing to run: sockets not on loopback: {exposed}", file=sys.stderr)
         return 1
-    # Ready for the example specs: k8s/base's namespace, ServiceAccounts and launcher Role.
-    base_namespace = yaml.safe_load((BASE / "namespace.yaml").read_text())
-    namespace = base_namespace["metadata"]["name"]
     try:
         api = plane.api_client()
-        client.CoreV1Api(api).create_namespace(base_namespace)
-        controlplane.wait_for_service_account(api, namespace, time.monotonic() + 60)
-        apply_kubetrain_base(api, namespace)
-        if node_kind == "real":
-            start_object_store(api, namespace, time.monotonic() + 120)
+        namespace = prepare_namespace(api, object_store=node_kind == "real")
         queues = start_kueue(plane, api)
     except BaseException:
         plane.stop()
@@ -104,6 +97,19 @@ def up(state_dir: Path, timeout_seconds: float, node_kind: str = "test",
           file=sys.stderr)
     print(f"export KUBECONFIG={kubeconfig}")
     return 0
+
+
+def prepare_namespace(api, object_store: bool) -> str:
+    """Ready for the example specs: k8s/base's namespace, ServiceAccounts and launcher Role,
+    and with `object_store` the kind overlay's fake-gcs in it. Returns the namespace."""
+    base_namespace = yaml.safe_load((BASE / "namespace.yaml").read_text())
+    namespace = base_namespace["metadata"]["name"]
+    client.CoreV1Api(api).create_namespace(base_namespace)
+    controlplane.wait_for_service_account(api, namespace, time.monotonic() + 60)
+    apply_kubetrain_base(api, namespace)
+    if object_store:
+        start_object_store(api, namespace, time.monotonic() + 120)
+    return namespace
 
 
 def start_object_store(api, namespace: str, deadline: float) -> None:

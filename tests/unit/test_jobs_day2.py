@@ -192,6 +192,26 @@ def test_status_and_list_show_progress_from_the_run_directory(tmp_path):
     assert "finished: test accuracy 0.9870" in status.progress_lines(status.status_object(status.lookup(c, NS, "digits")))[0]
 
 
+def test_status_json_has_the_jobs_labels_annotations_and_conditions(tmp_path):
+    c = FakeCluster()
+    submit(c, parse_spec({**SPEC, "train": {**SPEC["train"], "output": str(tmp_path)}}), NS)
+    job = c.get("Job", NS, "digits")
+    job["status"] = {"conditions": [
+        {"type": "FailureTarget", "status": "True", "reason": "BackoffLimitExceeded",
+         "message": "Job has reached the specified backoff limit", "lastProbeTime": "x"},
+        {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
+         "message": "Job has reached the specified backoff limit"}]}
+    c.put(job)
+    obj = status.status_object(status.lookup(c, NS, "digits"))
+    assert obj["labels"] == job["metadata"]["labels"]
+    assert obj["labels"]["app.kubernetes.io/managed-by"] == "kubetrain"
+    assert obj["annotations"] == job["metadata"].get("annotations", {})
+    assert [(x["type"], x["reason"]) for x in obj["conditions"]] == [
+        ("FailureTarget", "BackoffLimitExceeded"), ("Failed", "BackoffLimitExceeded")]
+    assert set(obj["conditions"][0]) == {"type", "status", "reason", "message"}
+    assert (obj["state"], obj["reason"]) == ("Failed", "BackoffLimitExceeded")
+
+
 def test_status_reads_the_cluster_once_for_every_output_format(tmp_path, capsys):
     """Text, json and name come from one lookup: the Job, then its pods, and nothing twice."""
     c = FakeCluster()
