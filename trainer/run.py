@@ -11,7 +11,8 @@ Output layout (``<output>`` is a local directory or ``gs://bucket/prefix``)::
 ``report/`` and ``model/`` are built aside and published whole, so a failed or interrupted
 run never replaces the previous good ones. The report is drawn in a second process started when
 the run begins (``trainer.report.worker``), while this one exports the model; the time of each
-phase goes into ``metrics.json`` as ``phase_seconds`` (``trainer.runtime.stopwatch``).
+phase goes into ``metrics.json`` as ``phase_seconds`` (``trainer.runtime.stopwatch``), and
+every wall second of the run, over its attempts, as ``ledger`` (``trainer.training.ledger``).
 
 With several workers (``trainer.runtime.multiworker``) every worker trains and evaluates, and only
 worker 0 writes the run directory; the others read it (to resume from its checkpoint) and write
@@ -49,6 +50,8 @@ from trainer.runtime.stopwatch import Phases
 from trainer.storage import RunDir, open_run_dir, storage_retries
 from trainer.training import checkpoint
 from trainer.training.checkpoint import Checkpointer
+from trainer.training.ledger import Ledger
+from trainer.training.ledger import describe as describe_ledger
 from trainer.training.loop import Trainer
 from trainer.training.observer import RunObserver
 
@@ -116,19 +119,25 @@ def run(cfg: TrainConfig, stop: PhasedStop) -> dict:
     ``stop.enter(phase)`` marks each phase: a SIGTERM outside training stops the run at once.
     """
     phases = Phases()
+    ledger = Ledger.start()  # where the run's wall time goes, over its attempts (goodput)
     cluster = multiworker.from_environment()
     chief = cluster is None or cluster.is_chief
     # Only the chief writes a report; its worker imports matplotlib & co. on the idle core now.
     reports = ReportWorker.start(scratch_dir()) if chief else ReportWorker(None)
     try:
-        return _run(cfg, stop, phases, reports)
+        metrics = _run(cfg, stop, phases, reports, ledger)
+    except BaseException as exc:
+        ledger.ended(exc)
+        raise
     finally:
         reports.close()
+    ledger.ended()
+    return metrics
 
 
 # Over 60 lines: data -> build -> fit -> evaluate share a dozen objects and two early returns
 # (non-chief workers); the phase order with stop.enter/phases.lap reads best in one place.
-def _run(cfg: TrainConfig, stop, phases: Phases, reports: ReportWorker) -> dict:
+def _run(cfg: TrainConfig, stop, phases: Phases, reports: ReportWorker, ledger: Ledger) -> dict:
     wall_start = time.monotonic()
     scratch = scratch_dir()
     cluster = multiworker.from_environment()
@@ -144,6 +153,7 @@ def _run(cfg: TrainConfig, stop, phases: Phases, reports: ReportWorker) -> dict:
         cfg = dataclasses.replace(cfg, auto_reasons={
             **cfg.auto_reasons, "weights_source": f"{init_weights.source}, sha256 {init_weights.sha256}"})
     _check_same_run(run_dir, cfg)
+    ledger.attach(run_dir, enabled=cluster is None or cluster.is_chief)
     if cluster is not None and checkpoint.finished(run_dir, cfg.epochs):
         if not cluster.is_chief:  # worker 0 alone evaluates and reports; no peers needed
             log.info("all %d epochs are trained; worker 0 writes the report", cfg.epochs)
@@ -169,15 +179,16 @@ def _run(cfg: TrainConfig, stop, phases: Phases, reports: ReportWorker) -> dict:
                                 is_chief=runtime.is_chief,
                                 meta={"class_names": list(dataset.class_names), "model": cfg.model})
     save_timer = SaveTimer(checkpointer.save_seconds)
-    checkpointer.after_save += [save_timer.check, run_log.push]
+    checkpointer.after_save += [save_timer.check, run_log.push, ledger.saved]
     checkpointer.restore()  # a checkpoint that does not restore fails here, before config.yaml
     if runtime.is_chief:
         _write_config(run_dir, cfg)
     observer = RunObserver(run_dir, epochs=cfg.epochs, steps_per_epoch=trainer.steps_per_epoch,
                            global_batch=trainer.global_batch, learning_rate=trainer._current_lr,
-                           enabled=checkpointer.is_chief)
+                           enabled=checkpointer.is_chief, ledger=ledger)
     with data_lib.stream_errors(dataset):
         stop.enter("training", deferred=True)
+        ledger.enter("training")
         try:
             result = trainer.fit(checkpointer, stop, observer)
         except BaseException as exc:
@@ -185,6 +196,7 @@ def _run(cfg: TrainConfig, stop, phases: Phases, reports: ReportWorker) -> dict:
             raise
         phases.lap("train")
         stop.enter("evaluation")
+        ledger.enter("evaluating")
         test = trainer.evaluate("test", collect=True)
     if not runtime.is_chief:
         log.info("worker %d done: test accuracy %.4f; worker 0 writes the report and model",
@@ -196,6 +208,7 @@ def _run(cfg: TrainConfig, stop, phases: Phases, reports: ReportWorker) -> dict:
     if cfg.promote_to:
 
         stop.enter("promotion check")
+        ledger.enter("reporting")
         decision = promote.decide(
             cfg, scratch / "promote", dataset, test["labels"], test["probs"].argmax(-1),
             lambda current: promote.predictions_of(current, trainer.eval_batches("test")))
@@ -267,6 +280,7 @@ def _report_export_promote(cfg: TrainConfig, stop, phases: Phases, reports: Repo
         save_backbone_weights(result.model, directory / "backbone.weights.h5")  # for weights: <file>
 
     stop.enter("report")
+    observer.ledger.enter("reporting")
     report_dir = run_dir.staging("report")
     drawing = reports.submit(report_dir, {"metrics": metrics_args, "report": report_args})
     if cfg.export:  # while the report is drawn in the worker process
@@ -277,6 +291,7 @@ def _report_export_promote(cfg: TrainConfig, stop, phases: Phases, reports: Repo
     metrics, report_seconds = drawing.result()
     phases.add("report", report_seconds)
     metrics["phase_seconds"] = phases.as_dict()
+    metrics["ledger"] = observer.ledger.summary()
     (report_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n",
                                            encoding="utf-8")
     run_dir.publish(report_dir, "report")
@@ -284,6 +299,7 @@ def _report_export_promote(cfg: TrainConfig, stop, phases: Phases, reports: Repo
     log.info("test accuracy %.4f, test loss %.4f; report: %s", metrics["test_accuracy"],
              metrics["test_loss"], run_dir.uri_of("report/report.html"))
     log.info("phases (s): %s", ", ".join(f"{k} {v:.1f}" for k, v in metrics["phase_seconds"].items()))
+    log.info("ledger: %s", describe_ledger(metrics["ledger"]))
 
     if cfg.export:
         run_dir.publish(model_dir, "model")

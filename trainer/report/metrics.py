@@ -4,6 +4,9 @@
 class, columns = predicted class, every class even when absent from the test split),
 precision/recall/F1/support per class and averaged, the per-epoch training history, and
 whatever ``extra`` facts the trainer adds (model, replicas, images/s, wall time, ...).
+``trainer/run.py`` adds two more once the report is drawn: ``phase_seconds`` (this attempt's
+phases) and ``ledger`` (every wall second of the run over its attempts, and its goodput:
+``trainer.training.ledger``).
 The result holds only plain ints, floats (non-finite ones become ``null``), strings, lists
 and dicts, so it is written as JSON as is. scikit-learn is imported on first use.
 """

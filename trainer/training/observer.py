@@ -39,8 +39,9 @@ class NullObserver:
 class RunObserver(NullObserver):
     def __init__(self, run_dir: RunDir, *, epochs: int, steps_per_epoch: int, global_batch: int,
                  learning_rate: Callable[[], float], enabled: bool = True,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, ledger=None):
         self.run_dir = run_dir
+        self.ledger = ledger  # trainer.training.ledger.Ledger: its heartbeat within epochs
         self.enabled = enabled
         self.steps_per_epoch = steps_per_epoch
         self.global_batch = global_batch
@@ -66,6 +67,8 @@ class RunObserver(NullObserver):
         spend its time writing events (one write costs a few ms)."""
         if not self.enabled:
             return
+        if self.ledger is not None:
+            self.ledger.heartbeat()
         now = self._t_chunk = self.clock()
         if epoch != self._epoch:  # the first chunk of an epoch includes tracing or evaluation
             self._epoch, self._t_last, self._pending = epoch, now, [0.0, 0.0, 0.0]
