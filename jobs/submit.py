@@ -14,11 +14,19 @@ until their names resolve).
 * ``dry_run``: the API server validates and defaults everything (admission included) and
   stores nothing (``kubectl apply --dry-run=server``).
 
+A Job created here carries its submission time in the trainer container's environment
+(``KUBETRAIN_SUBMITTED_AT``, RFC 3339 UTC): every pod of the Job gets the same value, and the
+trainer's goodput ledger counts the wait from it (``trainer/training/ledger.py``). It is added
+here, not in ``render``: rendering stays a pure function of the spec (golden manifests), and the
+spec hash that tells a resubmission from a change is the rendered one's. A CronJob's template is
+fixed when the CronJob is submitted, so its runs carry none (their ledgers start at the pod's start).
+
 Objects of the same name that kubetrain did not make are never touched.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from dataclasses import dataclass, field
 
@@ -29,6 +37,7 @@ from jobs.spec import JobSpec, config_map_name
 log = logging.getLogger(__name__)
 
 CREATED, CONFIGURED, UNCHANGED = "created", "configured", "unchanged"
+SUBMITTED_ENV = "KUBETRAIN_SUBMITTED_AT"  # read by trainer/training/ledger.py
 
 
 @dataclass(frozen=True)
@@ -78,8 +87,23 @@ def _action(existing: dict | None, workload: dict, namespace: str) -> str:
     return CONFIGURED
 
 
-def submit(cluster: Cluster, spec: JobSpec, namespace: str, dry_run: bool = False) -> Submitted:
-    """Apply the spec's objects in ``namespace`` (see the module docstring)."""
+def stamped(workload: dict, when: dt.datetime) -> dict:
+    """``workload`` with its submission time in the trainer container's env (Jobs only)."""
+    if workload["kind"] != "Job":
+        return workload
+    pod = workload["spec"]["template"]["spec"]
+    value = when.astimezone(dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    containers = [{**c, "env": [*(e for e in c.get("env", []) if e.get("name") != SUBMITTED_ENV),
+                                {"name": SUBMITTED_ENV, "value": value}]}
+                  if c["name"] == render.CONTAINER else c for c in pod["containers"]]
+    return {**workload, "spec": {**workload["spec"], "template": {
+        **workload["spec"]["template"], "spec": {**pod, "containers": containers}}}}
+
+
+def submit(cluster: Cluster, spec: JobSpec, namespace: str, dry_run: bool = False,
+           now: dt.datetime | None = None) -> Submitted:
+    """Apply the spec's objects in ``namespace`` (see the module docstring); ``now`` is the
+    submission time a new Job carries (the current time by default)."""
     config_map, workload, *service = render.render(spec, namespace)
     kind, name = workload["kind"], workload["metadata"]["name"]
     existing = _get(cluster, kind, namespace, name)
@@ -102,6 +126,8 @@ def submit(cluster: Cluster, spec: JobSpec, namespace: str, dry_run: bool = Fals
                        "by kubetrain; refusing to overwrite it (change 'name')")
 
     applied_map = cluster.apply(namespace, config_map, dry_run=dry_run)
+    if action == CREATED:
+        workload = stamped(workload, now or dt.datetime.now(dt.timezone.utc))
     try:
         applied = cluster.apply(namespace, workload, dry_run=dry_run)
     except Conflict:  # someone submitted the same name a moment ago

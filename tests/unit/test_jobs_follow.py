@@ -197,6 +197,32 @@ def test_submit_creates_config_then_job_then_links_them():
     assert owner["uid"] == c.get("Job", NS, "digits")["metadata"]["uid"]
 
 
+def trainer_env(obj: dict) -> dict:
+    pod = obj["spec"]["template"]["spec"] if obj["kind"] == "Job" else \
+        obj["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    (container,) = [c for c in pod["containers"] if c["name"] == render.CONTAINER]
+    return {e["name"]: e.get("value") for e in container["env"]}
+
+
+def test_submit_stamps_a_new_job_with_its_submission_time_and_render_stays_pure():
+    from trainer.training.ledger import SUBMITTED_ENV, parse_time
+
+    c = FakeCluster()
+    submit(c, parse_spec(SPEC), NS, now=T0 + dt.timedelta(seconds=1.25))
+    env = trainer_env(c.get("Job", NS, "digits"))
+    assert env[SUBMITTED_ENV] == "2026-01-01T00:00:01.250Z"  # what the trainer's ledger reads
+    assert parse_time(env[SUBMITTED_ENV]) == T0.timestamp() + 1.25
+    assert SUBMITTED_ENV not in trainer_env(render.render(parse_spec(SPEC), NS)[1])
+    # the same spec again is unchanged: nothing sent, the first submission's time stays
+    assert submit(c, parse_spec(SPEC), NS, now=T0 + dt.timedelta(hours=1)).action == "unchanged"
+    assert trainer_env(c.get("Job", NS, "digits"))[SUBMITTED_ENV] == "2026-01-01T00:00:01.250Z"
+    # a dry run shows what would be created; a CronJob's runs carry none (its template is fixed)
+    assert SUBMITTED_ENV in trainer_env(submit(FakeCluster(), parse_spec(SPEC), NS, dry_run=True).objects[1])
+    cron = FakeCluster()
+    submit(cron, parse_spec({**SPEC, "schedule": "@daily"}), NS, now=T0)
+    assert SUBMITTED_ENV not in trainer_env(cron.get("CronJob", NS, "digits"))
+
+
 def test_submit_needs_the_trainers_service_account():
     c = FakeCluster()
     c.objects.clear()
