@@ -1,6 +1,7 @@
 """``python -m jobs runs URI``: the runs under one parent directory (a nightly CronJob's
 ``train.output``, local or ``gs://``), compared: start, duration, test accuracy, promoted or
-not, cost; and ``URI/index.html``, a page with the same table linking each run's report and a
+not, goodput (``metrics.json``'s ``ledger``: productive training / wall time; ``-`` for a run
+still going or one from before the ledger), cost; and ``URI/index.html``, a page with the same table linking each run's report and a
 trend plot of accuracy per run (``URI/runs_trend.png``), promoted runs marked.
 
 A run directory is recognised by its ``progress.json`` or ``report/metrics.json`` (written by
@@ -49,6 +50,7 @@ class Run:
     attempts: int | None
     preemptions_survived: int | None
     has_report: bool
+    goodput: float | None = None  # training / wall seconds (metrics.json ledger)
     problems: tuple[str, ...] = ()  # files or fields of this run that could not be used
 
     def to_dict(self) -> dict:
@@ -107,6 +109,7 @@ def read_run(parent: str, name: str) -> Run | None:
     m = lambda key, kind: _typed(metrics, key, kind, metrics_uri, problems)
     p = lambda key, kind: _typed(record, key, kind, progress_uri, problems)
     cost = m("cost", dict) or {}
+    ledger = m("ledger", dict) or {}
     c = lambda key, kind: _typed(cost, key, kind, metrics_uri + " cost", problems)
     promotion = m("promotion", dict)
     state = p("state", str) or ("finished" if metrics else "unknown")
@@ -127,6 +130,7 @@ def read_run(parent: str, name: str) -> Run | None:
         preemptions_survived=c("preemptions_survived", int) if "preemptions_survived" in cost
         else p("preemptions", int),
         has_report=bool(metrics),
+        goodput=_typed(ledger, "goodput", number, metrics_uri + " ledger", problems),
         problems=tuple(problems),
     )
 
@@ -174,14 +178,18 @@ def _promoted(value: bool | None) -> str:
     return "-" if value is None else ("yes" if value else "no")
 
 
+def _goodput(value: float | None) -> str:
+    return f"{value:.0%}" if isinstance(value, (int, float)) else "-"
+
+
 def rows(runs: list[Run], wide: bool = False) -> list[list[str]]:
-    header = ["RUN", "STARTED", "DURATION", "STATE", "TEST ACC", "PROMOTED"]
+    header = ["RUN", "STARTED", "DURATION", "STATE", "TEST ACC", "PROMOTED", "GOODPUT"]
     if wide:
         header += ["EPOCHS", "DEVICE", "GPU-HOURS", "ATTEMPTS", "PREEMPTIONS", "URI"]
     out = [header]
     for r in runs:
         row = [r.name, r.started or "-", _duration(r.duration_seconds), r.state,
-               _acc(r.test_accuracy), _promoted(r.promoted)]
+               _acc(r.test_accuracy), _promoted(r.promoted), _goodput(r.goodput)]
         if wide:
             row += [str(r.epochs or "-"), f"{r.device_count or ''} {r.device or '-'}".strip(),
                     "-" if r.gpu_hours is None else f"{r.gpu_hours:.3f}", str(r.attempts or "-"),
@@ -235,11 +243,12 @@ def render_index(parent: str, runs: list[Run], with_trend: bool,
             f"<tr><td>{name}</td><td>{esc(_when(r.started))}</td>"
             f"<td>{_duration(r.duration_seconds)}</td><td>{esc(r.state)}</td>"
             f'<td class="num">{_acc(r.test_accuracy)}</td><td>{promoted}</td>'
+            f'<td class="num">{_goodput(r.goodput)}</td>'
             f'<td class="num">{esc(str(r.epochs or "-"))}</td>'
             f"<td>{esc(f'{r.device_count or 1} x {r.device}' if r.device else '-')}</td>"
             f'<td class="num">{"-" if r.gpu_hours is None else f"{r.gpu_hours:.3f}"}</td>'
             f'<td class="num">{esc(str(r.attempts or "-"))}</td></tr>')
-    table = "\n".join(body_rows) or '<tr><td colspan="10">no runs yet</td></tr>'
+    table = "\n".join(body_rows) or '<tr><td colspan="11">no runs yet</td></tr>'
     trend = (f'<figure><img src="{TREND}" alt="Test accuracy per run, promoted runs marked">'
              "<figcaption>Test accuracy per run, oldest left; a star marks a promoted run."
              "</figcaption></figure>") if with_trend else "<p>No finished run yet: no trend.</p>"
@@ -270,7 +279,7 @@ figcaption, .muted {{ color: #666; font-size: .9rem; }}
 {trend}
 <div class="wrap"><table>
 <tr><th>run</th><th>started (UTC)</th><th>duration</th><th>state</th><th>test accuracy</th>
-<th>promoted</th><th>epochs</th><th>devices</th><th>GPU-hours</th><th>attempts</th></tr>
+<th>promoted</th><th title="productive training / wall time, over every attempt">goodput</th><th>epochs</th><th>devices</th><th>GPU-hours</th><th>attempts</th></tr>
 {table}
 </table></div>
 </body>

@@ -272,6 +272,8 @@ def _fake_run(parent: Path, name: str, acc: float | None, promoted: bool | None,
                    "cost": {"device": "gpu", "device_count": 2, "wall_seconds": 3600.0,
                             "train_seconds": 3000.0, "gpu_hours": 2.0, "preemptions_survived": 1,
                             "attempts": 2}}
+        if name != "nightly-2":  # a run from before the ledger shows -
+            metrics["ledger"] = {"training": 2700.0, "total": 3600.0, "goodput": 0.75}
         if promoted is not None:
             metrics["promotion"] = {"promote": promoted, "reason": "test"}
         (d / "report" / "metrics.json").write_text(json.dumps(metrics))
@@ -287,11 +289,15 @@ def test_runs_lists_runs_and_writes_an_index_whose_links_resolve(tmp_path, capsy
     assert [r.name for r in found] == ["nightly-1", "nightly-2", "nightly-3"]
     assert (found[0].promoted, found[1].promoted, found[2].state) == (True, False, "training")
     assert (found[0].gpu_hours, found[0].attempts, found[0].preemptions_survived) == (2.0, 2, 1)
+    assert [r.goodput for r in found] == [0.75, None, None]
 
     assert cli.main(["runs", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "nightly-1   2026-01-01T03:00:00Z   1h00m" in out and "wrote" in out
+    header, first, second = out.splitlines()[:3]
+    assert header.split()[-1] == "GOODPUT" and first.split()[-1] == "75%" and second.split()[-1] == "-"
     page = (tmp_path / "index.html").read_text()
+    assert '<td class="num">75%</td>' in page and ">goodput</th>" in page
     links = re.findall(r'(?:href|src)="([^"]+)"', page)
     assert "nightly-1/report/report.html" in links and "runs_trend.png" in links
     assert "nightly-3/report/report.html" not in links  # no report yet: no link
@@ -302,6 +308,7 @@ def test_runs_lists_runs_and_writes_an_index_whose_links_resolve(tmp_path, capsy
     assert cli.main(["runs", str(tmp_path), "-o", "json", "--no-html"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert [r["test_accuracy"] for r in data] == [0.90, 0.91, None]
+    assert [r["goodput"] for r in data] == [0.75, None, None]
 
 
 def test_runs_of_an_empty_parent(tmp_path, capsys):
