@@ -103,6 +103,13 @@ def test_train_from_bucket_killed_and_resumed_from_its_uploaded_checkpoint(gcs_c
     assert all(len(values) == EPOCHS for values in metrics["history"].values())
     assert metrics["resumed_from"], "metrics.json should record the checkpoint the run resumed from"
     assert metrics["test_accuracy"] > 0.3  # digits at 16 px after 8 epochs: well above chance (0.1)
+    # the goodput ledger: the first pod's account came back from the bucket, not the scratch
+    ledger = metrics["ledger"]
+    assert ledger["attempts"] == 2 and ledger["training"] > 0
+    assert abs(sum(ledger[p] for p in ("queued", "starting", "training", "redone", "evaluating",
+                                       "reporting")) - ledger["total"]) <= 0.01 * ledger["total"]
+    state = json.loads(b.blob("runs/digits-1/checkpoints/ledger.json").download_as_bytes())
+    assert (state["status"], state["attempts"]) == ("finished", 2)
 
 
 @pytest.mark.timeout(300)
