@@ -4,16 +4,19 @@
 the CronJob's job template, owned by the CronJob, annotated as a manual run); the functions
 below it send one request each through ``Cluster``. A manual run writes to its own output
 directory like a scheduled one: the pod's ``KUBETRAIN_JOB_NAME`` comes from its job-name label
-(downward API), so ``<train.output>/<job name>``.
+(downward API), so ``<train.output>/<job name>``. Like a Job from ``submit``, a manual run
+carries the time it was asked for (``KUBETRAIN_SUBMITTED_AT``): its goodput ledger counts the
+wait from then; scheduled runs carry none.
 """
 
 from __future__ import annotations
 
 import copy
+import datetime as dt
 import time
 
 from jobs.cluster import Cluster, Conflict, NotFound
-from jobs.submit import _managed
+from jobs.submit import _managed, stamped
 
 MANUAL_ANNOTATION = {"cronjob.kubernetes.io/instantiate": "manual"}  # what kubectl sets
 MAX_JOB_NAME = 63
@@ -60,7 +63,7 @@ def _managed_object(cluster: Cluster, kind: str, namespace: str, name: str) -> d
 
 
 def run_now(cluster: Cluster, namespace: str, cron_name: str, job_name: str = "",
-            dry_run: bool = False) -> dict:
+            dry_run: bool = False, now: dt.datetime | None = None) -> dict:
     """Create a Job from CronJob ``cron_name``'s template now; returns the created Job."""
     try:
         cron = _managed_object(cluster, "CronJob", namespace, cron_name)
@@ -71,7 +74,8 @@ def run_now(cluster: Cluster, namespace: str, cron_name: str, job_name: str = ""
         except NotFound:
             hint = f" (python -m jobs list -n {namespace})"
         raise NotFound(f"no cronjob named {cron_name!r} in namespace {namespace!r}{hint}") from None
-    job = job_from_cron_job(cron, job_name or manual_job_name(cron_name))
+    job = stamped(job_from_cron_job(cron, job_name or manual_job_name(cron_name)),
+                  now or dt.datetime.now(dt.timezone.utc))
     return cluster.create(namespace, job, dry_run=dry_run)
 
 

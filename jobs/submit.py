@@ -19,7 +19,8 @@ A Job created here carries its submission time in the trainer container's enviro
 trainer's goodput ledger counts the wait from it (``trainer/training/ledger.py``). It is added
 here, not in ``render``: rendering stays a pure function of the spec (golden manifests), and the
 spec hash that tells a resubmission from a change is the rendered one's. A CronJob's template is
-fixed when the CronJob is submitted, so its runs carry none (their ledgers start at the pod's start).
+fixed when the CronJob is submitted, so its scheduled runs carry none (their ledgers start at the
+pod's start); ``jobs run-now`` stamps the Job it creates (``control.run_now``).
 
 Objects of the same name that kubetrain did not make are never touched.
 """

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_jobs_follow import NS, SPEC, FakeCluster
+from test_jobs_follow import NS, SPEC, T0, FakeCluster, trainer_env
 
 from jobs import cli, control, listing, render, runs, status
 from jobs.cluster import Conflict, NotFound
@@ -131,7 +131,9 @@ def test_submit_refuses_an_object_it_did_not_make():
 def test_run_now_makes_a_job_from_the_template_owned_by_the_cron_job():
     c = FakeCluster()
     submit(c, parse_spec(NIGHTLY), NS)
-    job = control.run_now(c, NS, "nightly")
+    job = control.run_now(c, NS, "nightly", now=T0)
+    assert trainer_env(job)["KUBETRAIN_SUBMITTED_AT"] == "2026-01-01T00:00:00.000Z"  # the ledger's origin
+    assert "KUBETRAIN_SUBMITTED_AT" not in trainer_env(c.get("CronJob", NS, "nightly"))
     assert re.fullmatch(r"nightly-m[0-9a-z]+", job["metadata"]["name"])
     owner = job["metadata"]["ownerReferences"][0]
     assert (owner["kind"], owner["name"], owner["controller"]) == ("CronJob", "nightly", True)
