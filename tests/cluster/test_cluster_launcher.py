@@ -3,6 +3,7 @@ k8s/base ships: submit, logs -f, wait, status, list, delete. The Job runs the re
 (digits, one epoch) as a local process and writes its report to a local directory.
 """
 
+import datetime as dt
 import json
 
 import pytest
@@ -43,6 +44,15 @@ def test_submit_follow_wait_status_list_delete(as_launcher_sa, kube, namespace, 
     metrics = json.loads((run / "report" / "metrics.json").read_text())
     assert metrics["epochs_completed"] == 1
     assert len(metrics["class_names"]) == 10
+    # submit stamped the Job (KUBETRAIN_SUBMITTED_AT): the ledger counts from the submission,
+    # so the queue, scheduling and the pod's start are in it
+    ledger = metrics["ledger"]
+    assert (ledger["since"], ledger["attempts"]) == ("submission", 1) and ledger["queued"] > 0
+    parts = sum(ledger[p] for p in ("queued", "starting", "training", "redone", "evaluating", "reporting"))
+    assert abs(parts - ledger["total"]) <= 0.01 * ledger["total"]
+    created = kube.batch.read_namespaced_job(NAME, namespace).metadata.creation_timestamp
+    assert abs(created.timestamp() - dt.datetime.fromisoformat(
+        ledger["submitted_at"].replace("Z", "+00:00")).timestamp()) < 5
 
     status = jobs("status", NAME)
     assert f"job {NAME} (namespace {namespace}): Succeeded" in status.stdout
