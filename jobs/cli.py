@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import fields
 
-from jobs import describe, follow, listing, logs, output, runs, status
+from jobs import describe, follow, history, listing, logs, output, runs, status
 from jobs.cluster import ClusterError, KubeconfigError, connect
 from jobs.control import run_now, set_suspended
 from jobs.durations import duration
@@ -311,6 +311,11 @@ def _runs(args: argparse.Namespace) -> int:
         sys.stdout.write(output.dump([r.to_dict() for r in found], args.output))
     else:
         print(output.table(runs.rows(found, wide=args.output == "wide")))
+        for target, entries, problems in history.collect(history.targets(args.uri, [r.promoted_to for r in found])):
+            for problem in problems:
+                print(f"warning: {problem}", file=sys.stderr)
+            print(f"\npromotions to {target} (the last {len(entries)}, oldest first):")
+            print(output.table(history.rows(entries)))
     if not args.no_html:
         index = runs.write_index(args.uri, found)
         print(f"wrote {index}", file=sys.stderr if args.output else sys.stdout)

@@ -52,6 +52,7 @@ class Run:
     has_report: bool
     goodput: float | None = None  # training / wall seconds (metrics.json ledger)
     problems: tuple[str, ...] = ()  # files or fields of this run that could not be used
+    promoted_to: str | None = None  # its promote_to, whose history jobs runs shows (jobs.history)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -132,6 +133,7 @@ def read_run(parent: str, name: str) -> Run | None:
         has_report=bool(metrics),
         goodput=_typed(ledger, "goodput", number, metrics_uri + " ledger", problems),
         problems=tuple(problems),
+        promoted_to=_typed(promotion, "target", str, metrics_uri + " promotion", problems) if promotion else None,
     )
 
 

@@ -6,7 +6,8 @@ this from the source, function-level imports included)::
     __main__.py                  the CLI: parse, load the config, run, exit code
     run.py                       one run: data -> devices -> fit -> evaluate -> report -> export
     promote.py                   copy model/ and report/ to promote_to when the model is better
-    training/   report/          the loop, checkpoints, evaluation, progress | the report
+    training/ report/ promotions.py   the loop, checkpoints, evaluation, progress | the report |
+                                 one promotion at a time to a target, and its history
     runtime/  data/  model/      cluster and devices | datasets and tf.data | networks and weights
     config/                      the one typed config and its ``auto`` rules
     storage/                     local paths and gs:// behind one interface

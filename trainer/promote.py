@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from trainer.data.dataset import never_trained_on
+from trainer.promotions import sha256_of
 from trainer.storage import open_run_dir
 
 log = logging.getLogger(__name__)
@@ -180,13 +181,15 @@ def decide(cfg, scratch: Path, dataset, y_true: np.ndarray, new_pred: np.ndarray
     overall = float(np.mean(new_pred == y_true)) if len(y_true) else 0.0
     if not (target.pull("model/model_info.json") and target.pull("model/model.keras")):
         return Decision(target_uri, True, "no model there yet", overall)
+    served = {"served_model": sha256_of(target.local / "model" / "model.keras")}  # for the history
     info, problem = served_json(target.local / "model" / "model_info.json", MAX_INFO_BYTES)
     if info is None:
         return Decision(target_uri, False, f"the served model's model/model_info.json {problem}: not "
-                        "promoted (fix or remove the served model to promote by hand)", overall)
+                        "promoted (fix or remove the served model to promote by hand)", overall,
+                        comparison=served)
     if info.get("class_names") != class_names or info.get("image_size") != cfg.image_size:
         return Decision(target_uri, False, "the current model has other classes or another input size; "
-                        "promote by hand if intended", overall)
+                        "promote by hand if intended", overall, comparison=served)
     record = None
     if target.pull(f"model/{RECORD_FILE}"):
         record, problem = served_json(target.local / "model" / RECORD_FILE, MAX_RECORD_BYTES)
@@ -204,7 +207,7 @@ def decide(cfg, scratch: Path, dataset, y_true: np.ndarray, new_pred: np.ndarray
     keys = dataset.test.keys
     compared = [k for k, m in zip(keys, mask) if m] if keys is not None else None
     comparison.update(num_images=int(mask.sum()),
-                      fingerprint=fingerprint(compared) if compared is not None else None)
+                      fingerprint=fingerprint(compared) if compared is not None else None, **served)
 
     try:
         current = keras.saving.load_model(target.local / "model" / "model.keras")
@@ -215,7 +218,8 @@ def decide(cfg, scratch: Path, dataset, y_true: np.ndarray, new_pred: np.ndarray
     except Exception as exc:  # noqa: BLE001 - a foreign or damaged file: any error means "cannot use it"
         reason = " ".join(str(exc).split())[:200] or type(exc).__name__
         return Decision(target_uri, False, f"the served model/model.keras cannot be used ({reason}): "
-                        "not promoted (fix or remove the served model to promote by hand)", overall)
+                        "not promoted (fix or remove the served model to promote by hand)", overall,
+                        comparison=comparison)
     verdict = judge(y_true[mask], new_pred[mask], old_pred[mask], class_names,
                     cfg.promotion_alpha, cfg.promotion_max_recall_drop)
     return Decision(target_uri, comparison=comparison, **verdict)

@@ -22,17 +22,19 @@ finds it knows this is a restart (and first lets the previous attempt's workers 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
 
 import yaml
 
-from trainer import promote
+from trainer import promote, promotions
 from trainer.config import TrainConfig
 from trainer.core.errors import ConfigError, DataError
 from trainer.core.preemption import PhasedStop, SaveTimer, critical
@@ -64,7 +66,8 @@ MAY_CHANGE_ON_RESUME = ("output", "epochs", "export", "promote_to", "keep_checkp
                         "steps_per_execution", "jit_compile", "max_bad_image_fraction",
                         "max_image_pixels", "stream_window", "rendezvous_timeout_seconds",
                         "collective_timeout_seconds", "export_epoch", "weights_mirror",
-                        "auto_reasons", "promotion_alpha", "promotion_max_recall_drop")
+                        "auto_reasons", "promotion_alpha", "promotion_max_recall_drop",
+                        "promotion_wait_seconds")
 
 
 def scratch_dir() -> Path:
@@ -145,7 +148,7 @@ def _run(cfg: TrainConfig, stop, phases: Phases, reports: ReportWorker, ledger: 
     run_log = runlog.start(run_dir)
     if cfg.promote_to and (cluster is None or cluster.is_chief):
         # Checked now, not after training: a missing bucket or a read-only path is exit 2.
-        open_run_dir(cfg.promote_to, scratch / "promote", key="promote_to")
+        open_run_dir(cfg.promote_to, scratch / "promote", key="promote_to", recover=False)
     stop.enter("data loading")  # a bucket prefix is downloaded here too
     cfg = scan.fit_to_source(cfg, scratch).config  # image size etc. from the images
     init_weights = weights.resolve(cfg, scratch)  # before config.yaml: it records their checksum
@@ -204,21 +207,25 @@ def _run(cfg: TrainConfig, stop, phases: Phases, reports: ReportWorker, ledger: 
         return {"test_accuracy": test["accuracy"]}
     metrics_args = _metrics_args(cfg, dataset, runtime, trainer, init_weights, result, test, observer,
                                  save_timer, run_log, wall_start)
-    decision = None
-    if cfg.promote_to:
-
-        stop.enter("promotion check")
-        ledger.enter("reporting")
-        decision = promote.decide(
-            cfg, scratch / "promote", dataset, test["labels"], test["probs"].argmax(-1),
-            lambda current: promote.predictions_of(current, trainer.eval_batches("test")))
-        metrics_args["extra"]["promotion"] = decision.to_dict()
-        log.info("promotion to %s: %s (%s)", cfg.promote_to, "yes" if decision.promote else "no", decision.reason)
-
-    phases.lap("evaluate")
-
-    return _report_export_promote(cfg, stop, phases, reports, run_dir, scratch, dataset, test, result,
-                                  observer, metrics_args, decision)
+    decision = turn = None
+    with contextlib.ExitStack() as held:  # the promotion lock, from the comparison to the publish
+        if cfg.promote_to:
+            stop.enter("promotion check")
+            ledger.enter("reporting")  # waiting for the lock too: after training, before the publish
+            turn = held.enter_context(promotions.turn(cfg.promote_to, scratch / "promote", cfg.output,
+                                                      cfg.promotion_wait_seconds))
+            decision = promote.decide(
+                cfg, scratch / "promote", dataset, test["labels"], test["probs"].argmax(-1),
+                lambda current: promote.predictions_of(current, trainer.eval_batches("test"))
+            ) if turn.held else promote.Decision(cfg.promote_to, False, f"not promoted: {turn.busy}",
+                                                 float(test["accuracy"]))
+            metrics_args["extra"]["promotion"] = {**decision.to_dict(),
+                                                  "waited_for_lock_seconds": round(turn.waited_seconds, 3)}
+            log.info("promotion to %s: %s (%s)", cfg.promote_to, "yes" if decision.promote else "no",
+                     decision.reason)
+        phases.lap("evaluate")
+        return _report_export_promote(cfg, stop, phases, reports, run_dir, scratch, dataset, test, result,
+                                      observer, metrics_args, decision, turn)
 
 
 def _metrics_args(cfg: TrainConfig, dataset, runtime, trainer, init_weights, result, test: dict,
@@ -263,7 +270,8 @@ def _metrics_args(cfg: TrainConfig, dataset, runtime, trainer, init_weights, res
 
 def _report_export_promote(cfg: TrainConfig, stop, phases: Phases, reports: ReportWorker,
                            run_dir: RunDir, scratch: Path, dataset, test: dict, result,
-                           observer: RunObserver, metrics_args: dict, decision) -> dict:
+                           observer: RunObserver, metrics_args: dict, decision,
+                           turn: promotions.Turn | None) -> dict:
     """Report (in the worker process) and export (here) at once, publish both, then promote."""
 
     shown = len(test["images"])  # the first test images, in order, for the predictions grid
@@ -304,9 +312,20 @@ def _report_export_promote(cfg: TrainConfig, stop, phases: Phases, reports: Repo
     if cfg.export:
         run_dir.publish(model_dir, "model")
         log.info("model: %s", run_dir.uri_of("model"))
-    if decision is not None and decision.promote:
-
+    if decision is None:
+        return metrics
+    if decision.promote and not turn.still_held():  # held over STALE_SECONDS and broken
+        decision = dataclasses.replace(decision, promote=False, reason=(
+            f"not promoted: this run's promotion lock of {cfg.promote_to} was broken as stale by "
+            f"another run before it published (it had held it over {promotions.STALE_SECONDS:.0f} s)"))
+        log.warning("%s", decision.reason)
+    if decision.promote:
         stop.enter("promotion")
-        promote.publish(cfg.promote_to, scratch / "promote", model_into, report_into,
-                        promote.evaluation_record(cfg, dataset, decision))
+        # The exported model's own files (export is on with promote_to): the served model.keras
+        # is byte for byte the one this run published, as its fingerprint in the history says.
+        promote.publish(cfg.promote_to, scratch / "promote",
+                        lambda d: shutil.copytree(run_dir.local / "model", d, dirs_exist_ok=True),
+                        report_into, promote.evaluation_record(cfg, dataset, decision))
+    promotions.record(turn, promotions.history_entry(
+        decision, promotions.sha256_of(run_dir.local / "model" / "model.keras")))
     return metrics

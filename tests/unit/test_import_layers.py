@@ -25,15 +25,17 @@ LAYERS = {
     "trainer.storage": 1,
     "trainer.config": 2,
     "trainer.runtime": 3, "trainer.data": 3, "trainer.model": 3,
-    "trainer.training": 4, "trainer.report": 4,
+    "trainer.training": 4, "trainer.report": 4, "trainer.promotions": 4,
     "trainer.promote": 5,
     "trainer.run": 6,
     "trainer.__main__": 7,
     "trainer": 8,  # trainer/__init__.py (a docstring)
 }
 # What the launcher may import of the trainer: the shared core and config, and what reads a
-# run directory (``jobs runs``/``status`` read progress.json through the storage layer).
-JOBS_MAY_IMPORT = ("trainer.core", "trainer.config", "trainer.storage", "trainer.training.progress")
+# run directory (``jobs runs``/``status`` read progress.json through the storage layer, and
+# ``jobs runs`` a promotion target's history).
+JOBS_MAY_IMPORT = ("trainer.core", "trainer.config", "trainer.storage", "trainer.training.progress",
+                   "trainer.promotions")
 # Libraries worth deferring: importing one costs a second or more (or must not happen at all in
 # ``jobs`` and a run's own process: tests/trainer/test_phases.py).
 HEAVY = ("tensorflow", "keras", "matplotlib", "sklearn", "scipy", "google.cloud", "google.auth",

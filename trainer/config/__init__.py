@@ -220,6 +220,8 @@ def _validate(cfg: TrainConfig) -> None:
     need(cfg.max_image_pixels >= 1, "config key 'max_image_pixels': must be >= 1")
     need(0 < cfg.promotion_alpha < 1, "config key 'promotion_alpha': must be in (0, 1)")
     need(0 <= cfg.promotion_max_recall_drop <= 1, "config key 'promotion_max_recall_drop': must be in [0, 1]")
+    need(0 <= cfg.promotion_wait_seconds <= 86400,
+         "config key 'promotion_wait_seconds': must be between 0 and 86400 (a day)")
     need(cfg.image_size >= 16 or cfg.image_size == 0,
          f"config key 'image_size': {cfg.image_size} is too small (minimum 16)")
     need(cfg.image_size <= 1024, f"config key 'image_size': {cfg.image_size} is too large (maximum 1024)")

@@ -89,6 +89,8 @@ class TrainConfig:
     promotion_alpha: float = _f(0.05, "promote_to: promote only when McNemar's test on images neither "
                                 "model trained on gives p below this")
     promotion_max_recall_drop: float = _f(0.05, "promote_to: no class's recall may drop by more than this")
+    promotion_wait_seconds: float = _f(900.0, "promote_to: how long to wait while another run promotes "
+                                       "to the same target before giving up (not promoted, recorded)")
     auto_reasons: dict[str, str] = _f(dict, "written by the trainer: how each value left at auto was chosen")  # noqa: RUF009
 
     @property

@@ -64,11 +64,13 @@ def open_store(uri: str, *, create_bucket: bool = False) -> Store:
     return Store(uri)
 
 
-def open_run_dir(uri: str, scratch: Path, key: str = "output") -> RunDir:
+def open_run_dir(uri: str, scratch: Path, key: str = "output", recover: bool = True) -> RunDir:
     """The run directory for ``uri``; remote outputs are staged under ``scratch``. Opening
-    checks it is writable (a missing bucket, a read-only path: ConfigError naming ``key``)."""
+    checks it is writable (a missing bucket, a read-only path: ConfigError naming ``key``) and,
+    with ``recover``, finishes a publish an earlier process was killed in (``GCSRunDir``): not
+    where another process may be publishing at the same time."""
     if is_remote(uri):
         from trainer.storage.gcs_rundir import GCSRunDir  # lazy: the cloud client
 
-        return GCSRunDir(uri, scratch, key=key)
+        return GCSRunDir(uri, scratch, key=key, recover=recover)
     return LocalRunDir(uri, key=key)

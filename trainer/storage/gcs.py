@@ -80,6 +80,7 @@ def retries() -> int:
 RETRY = DEFAULT_RETRY.with_delay(initial=1.0, maximum=32.0, multiplier=2.0).with_timeout(RETRY_SECONDS)
 RETRY._on_error = _count_retry  # api_core's Retry has no with_on_error(); every copy above keeps it
 NotFound = api_exceptions.NotFound
+PreconditionFailed = api_exceptions.PreconditionFailed  # a conditional write or delete lost
 
 CREDENTIALS_HINT = (
     "on GKE bind the Job's Kubernetes service account to a Google service account "

@@ -37,7 +37,8 @@ class GCSRunDir(RunDir):
     ``publish`` that an earlier process was killed in the middle of (see ``publish``).
     """
 
-    def __init__(self, uri: str, scratch: Path, workers: int = gcs.DEFAULT_WORKERS, key: str = "output"):
+    def __init__(self, uri: str, scratch: Path, workers: int = gcs.DEFAULT_WORKERS, key: str = "output",
+                 recover: bool = True):
         self.key = key  # the setting that named it, for the messages (output, promote_to)
         self.bucket_name, self.prefix = parse_uri(uri)
         self.uri = f"{GCS_SCHEME}{join(self.bucket_name, self.prefix)}"
@@ -46,7 +47,8 @@ class GCSRunDir(RunDir):
         self.local.mkdir(parents=True, exist_ok=True)
         self._bucket = gcs.client().bucket(self.bucket_name)
         self._check_writable()
-        self._recover()
+        if recover:  # not where another run may be publishing right now (a promotion target)
+            self._recover()
 
     def _name(self, rel: str) -> str:
         return join(self.prefix, check_relative(rel).as_posix())
@@ -106,6 +108,39 @@ class GCSRunDir(RunDir):
             except gcs.NotFound:
                 pass
             self._delete(blobs)
+
+    def create(self, rel: str, data: bytes) -> bool:
+        blob = self._bucket.blob(self._name(rel))
+        with gcs.errors(f"writing {self.uri_of(rel)}"):
+            try:  # a retry after a lost reply sees its own object: False, which callers check
+                blob.upload_from_string(data, retry=gcs.RETRY, if_generation_match=0)
+            except gcs.PreconditionFailed:
+                return False
+        return True
+
+    def read(self, rel: str) -> bytes | None:
+        data, _generation = self._read(rel)
+        return data
+
+    def _read(self, rel: str) -> tuple[bytes | None, int | None]:
+        blob = self._bucket.blob(self._name(rel))
+        with gcs.errors(f"reading {self.uri_of(rel)}"):
+            try:
+                data = blob.download_as_bytes(retry=gcs.RETRY)
+            except gcs.NotFound:
+                return None, None
+        return data, blob.generation
+
+    def delete_if(self, rel: str, data: bytes) -> bool:
+        current, generation = self._read(rel)
+        if current != data:
+            return False
+        with gcs.errors(f"deleting {self.uri_of(rel)}"):
+            try:  # only the generation that was read: a newer one (someone else's) stays
+                self._bucket.blob(self._name(rel)).delete(retry=gcs.RETRY, if_generation_match=generation)
+            except (gcs.PreconditionFailed, gcs.NotFound):
+                return False
+        return True
 
     def _delete(self, blobs: Iterable[storage.Blob]) -> None:
         def delete(blob: storage.Blob) -> int:

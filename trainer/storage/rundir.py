@@ -72,6 +72,51 @@ class RunDir:
     def uri_of(self, rel: str) -> str:
         return f"{self.uri.rstrip('/')}/{rel}"
 
+    # Conditional writes: the primitives behind the promotion lock and the append-only
+    # promotion history (``trainer.promotions``), where several runs write one target at once.
+
+    def create(self, rel: str, data: bytes) -> bool:
+        """Write the file ``rel`` only if it does not exist yet (False: it exists). Atomic: the
+        file appears whole or not at all (a hard link of a complete temporary file)."""
+        path = self.local / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.new-{uuid.uuid4().hex[:8]}")
+        tmp.write_bytes(data)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        except OSError:  # a filesystem without hard links (some FUSE mounts): exclusive create
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return True
+
+    def read(self, rel: str) -> bytes | None:
+        """The file ``rel`` as it is at the destination now (None: absent)."""
+        try:
+            return (self.local / rel).read_bytes() if self.pull(rel) else None
+        except (FileNotFoundError, IsADirectoryError):
+            return None
+
+    def delete_if(self, rel: str, data: bytes) -> bool:
+        """Delete the file ``rel`` only if it still holds ``data`` (False: changed or gone).
+        Locally the read and the unlink are two steps: only breaking a stale lock relies on it,
+        and two processes breaking the same stale lock within microseconds is what it risks."""
+        path = self.local / rel
+        try:
+            if path.read_bytes() != data:
+                return False
+            path.unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
 
 class LocalRunDir(RunDir):
     """A run directory on a local (or mounted) filesystem; checked writable when opened."""
