@@ -145,7 +145,7 @@ def test_two_runs_released_at_once_promote_one_model(tmp_path):
     for where in (tmp_path, serving):
         shown = subprocess.run([sys.executable, "-m", "jobs", "runs", str(where), "--no-html"], cwd=REPO,
                                capture_output=True, text=True, timeout=60, check=True).stdout
-        history = shown.split(f"promotions to {serving} (the last 2, oldest first):")[1].splitlines()
+        history = shown.split(f"promotions to {serving} (the last 2, oldest first):")[1].strip().splitlines()
         assert history[0].split()[:3] == ["WHEN", "RUN", "DECISION"]
         assert Path(winner["run"]).name in history[1] and " promoted " in history[1]
         assert Path(loser["run"]).name in history[2] and "not promoted" in history[2]
