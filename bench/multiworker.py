@@ -42,7 +42,7 @@ def _run(variant: str, out: Path, args: argparse.Namespace) -> dict:
     elif variant == "mirrored2":
         commands = [(common + ["--batch-size", "64", "--cpu-replicas", "2"], env)]
     else:
-        from trainer.runtime.multiworker import on_this_machine
+        from trainer.runtime.workers import on_this_machine
 
         commands = [(common + ["--batch-size", "64"], {**env, "TF_CONFIG": worker.tf_config()})
                     for worker in on_this_machine(2)]

@@ -109,6 +109,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("-n", "--namespace", default=argparse.SUPPRESS,
                    help="write this namespace into the manifests")
     out_flag(r, "yaml")
+    r.set_defaults(handler=_render)
 
     s = command("submit", "create the Job or CronJob, or update a changed CronJob in place "
                           "(server-side apply; idempotent)")
@@ -122,16 +123,18 @@ def _parser() -> argparse.ArgumentParser:
                         "ServiceAccount, the LocalQueue, the Secrets it names, a node that could "
                         "hold the pod; exit 2 with the reason when not")
     out_flag(s)
+    s.set_defaults(handler=_submit_or_render)
 
-    def name_command(cmd: str, help: str) -> argparse.ArgumentParser:
+    def name_command(cmd: str, help: str, handler) -> argparse.ArgumentParser:
         sp = command(cmd, help)
         sp.add_argument("name", metavar="NAME", help="the spec's name (a Job or CronJob)")
+        sp.set_defaults(handler=_on_cluster(handler))
         return sp
 
     st = name_command("status", "state of a Job (pods, progress: epoch, val accuracy, img/s, ETA) "
-                                "or CronJob (its runs)")
+                                "or CronJob (its runs)", _status)
     out_flag(st)
-    lg = name_command("logs", "the trainer's log (a CronJob: its newest run)")
+    lg = name_command("logs", "the trainer's log (a CronJob: its newest run)", _logs)
     lg.add_argument("-f", "--follow", action="store_true",
                     help="stream until the Job ends, moving to each retry's new pod")
     lg.add_argument("--all-pods", action="store_true", help="every attempt's log, oldest first")
@@ -144,20 +147,23 @@ def _parser() -> argparse.ArgumentParser:
     lg.add_argument("--since", type=duration, default=None, metavar="DURATION",
                     help="only lines newer than this, e.g. 10m, 2h")
     lg.add_argument("--timestamps", action="store_true", help="prefix each line with its time")
-    w = name_command("wait", "wait until the Job ends; exit 1 with the reason if it failed")
+    w = name_command("wait", "wait until the Job ends; exit 1 with the reason if it failed", _wait)
     w.add_argument("--timeout", type=duration, default=86400, metavar="DURATION",
                    help="give up after this long: 90s, 30m, 2h, or seconds (default: 24h)")
     w.add_argument("--pending-timeout", type=duration, default=600, metavar="DURATION",
                    help="fail when a pod cannot be scheduled or started for this long (default: 10m)")
-    name_command("delete", "delete a Job or CronJob, its pods, its ConfigMap (and workers' Service)")
+    name_command("delete", "delete a Job or CronJob, its pods, its ConfigMap (and workers' Service)",
+                 _delete)
     rn = name_command("run-now", "start a run of a CronJob now (kubectl create job --from=cronjob/NAME), "
-                                 "into its own output directory")
+                                 "into its own output directory", _run_now)
     rn.add_argument("--job-name", default="", help="the new Job's name (default: NAME-m<time>)")
     out_flag(rn)
-    name_command("suspend", "suspend a CronJob (no new runs) or a Job (its pods stop, checkpointed)")
-    name_command("resume", "resume a suspended CronJob or Job")
+    name_command("suspend", "suspend a CronJob (no new runs) or a Job (its pods stop, checkpointed)",
+                 _suspend_or_resume)
+    name_command("resume", "resume a suspended CronJob or Job", _suspend_or_resume)
     ls = command("list", "Jobs and CronJobs made by kubetrain: state, age, progress")
     out_flag(ls)
+    ls.set_defaults(handler=_on_cluster(_list))
     rs = command("runs", "list the runs under a run directory's parent (local or gs://) and write "
                          "its index.html (table, trend plot); no cluster needed (its flags are "
                          "accepted and ignored)")
@@ -165,6 +171,7 @@ def _parser() -> argparse.ArgumentParser:
     rs.add_argument("--no-html", action="store_true", help="only print; do not write index.html")
     rs.add_argument("-o", "--output", dest="output", choices=("json", "yaml", "wide"), default=None,
                     help="json, yaml or wide (more columns); default: a table")
+    rs.set_defaults(handler=_runs)
     return p
 
 
@@ -208,33 +215,19 @@ def _warn(spec: JobSpec) -> None:
 
 
 def _render(args: argparse.Namespace) -> int:
-
     spec = _spec(args)
     _warn(spec)
     manifests = render(spec, getattr(args, "namespace", ""))
     if args.output == "yaml":
         sys.stdout.write(to_yaml(manifests))
     elif args.output == "wide":
-        print(output.table(_manifest_rows(manifests)))
+        print(output.table(listing.manifest_rows(manifests)))
     else:
         _print_objects(manifests, args.output)
     return EXIT_OK
 
 
-def _manifest_rows(manifests: list[dict]) -> list[list[str]]:
-
-    rows = [["KIND", "NAME", "NAMESPACE", "IMAGE", "SCHEDULE", "OUTPUT"]]
-    for m in manifests:
-        job = m["spec"]["jobTemplate"] if m["kind"] == "CronJob" else m if m["kind"] == "Job" else None
-        image = job["spec"]["template"]["spec"]["containers"][0]["image"] if job else "-"
-        out = run_output({**job, "metadata": {"name": "$(KUBETRAIN_JOB_NAME)"}}) if job else "-"
-        rows.append([output.resource_name(m), m["metadata"]["name"], m["metadata"].get("namespace", "-"),
-                     image, m["spec"].get("schedule", "-") if m["kind"] == "CronJob" else "-", out or "-"])
-    return rows
-
-
 def _submit(args: argparse.Namespace, cluster, spec, ns: str) -> int:
-
     done = submit(cluster, spec, ns, dry_run=args.dry_run == "server")
     if args.output in ("json", "yaml", "name"):
         _print_objects(done.objects, args.output)
@@ -255,7 +248,7 @@ def _submit(args: argparse.Namespace, cluster, spec, ns: str) -> int:
               f"see them: python -m jobs status {done.name} {flags}; "
               f"start one now: python -m jobs run-now {done.name} {flags}")
     if args.output == "wide":
-        print(output.table(_manifest_rows(done.objects)))
+        print(output.table(listing.manifest_rows(done.objects)))
     return EXIT_OK
 
 
@@ -273,7 +266,6 @@ def _check(cluster, spec, ns: str) -> int:
 
 
 def _status(args: argparse.Namespace, cluster, ns: str) -> int:
-
     found = status.lookup(cluster, ns, args.name)
     if args.output == "name":
         print(output.resource_name({"kind": found.kind, "metadata": found.obj["metadata"]}))
@@ -289,7 +281,6 @@ def _status(args: argparse.Namespace, cluster, ns: str) -> int:
 
 
 def _list(args: argparse.Namespace, cluster, ns: str) -> int:
-
     objects = listing.list_objects(cluster, ns)
     if args.output in ("json", "yaml"):
         sys.stdout.write(output.dump(output.as_list(objects), args.output))
@@ -302,7 +293,6 @@ def _list(args: argparse.Namespace, cluster, ns: str) -> int:
 
 
 def _runs(args: argparse.Namespace) -> int:
-
     found = runs.collect(args.uri)
     for run in found:
         for problem in run.problems:
@@ -322,75 +312,83 @@ def _runs(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-# Over 60 lines on purpose: one short branch per verb; each calls into its module.
-def _run(args: argparse.Namespace) -> int:
-    if args.command == "render":
-        return _render(args)
-    if args.command == "runs":
-        return _runs(args)
-
-
-    spec = _spec(args) if args.command == "submit" else None
-    if spec is not None:
-        _warn(spec)
-    if spec is not None and args.dry_run == "client":
-
+def _submit_or_render(args: argparse.Namespace) -> int:
+    """``submit``: ``--dry-run=client`` only renders; otherwise to the cluster."""
+    spec = _spec(args)
+    _warn(spec)
+    if args.dry_run == "client":
         manifests = render(spec, args.namespace)
         if args.output in (None, "yaml"):
             sys.stdout.write(to_yaml(manifests))
         else:
             _print_objects(manifests, "json" if args.output == "wide" else args.output)
         return EXIT_OK
-    cluster = connect(args.kubeconfig, args.context)
-    ns = _namespace(args, spec.namespace if spec else "", cluster.default_namespace)
-    err = lambda line: print(line, file=sys.stderr, flush=True)
-    cluster.notify = err  # an API server restart: one line when it goes, one when it is back
-
-    if args.command == "submit" and args.check:
+    cluster = _connect(args)
+    ns = _namespace(args, spec.namespace, cluster.default_namespace)
+    if args.check:
         return _check(cluster, spec, ns)
-    if args.command == "submit":
-        return _submit(args, cluster, spec, ns)
-    if args.command == "status":
-        return _status(args, cluster, ns)
-    if args.command == "list":
-        return _list(args, cluster, ns)
-    if args.command == "logs":
-        name = follow.resolve_job(cluster, ns, args.name)
-        for line in logs.stream_logs(cluster, ns, name, follow=args.follow, all_pods=args.all_pods,
-                                       report=err, tail_lines=args.tail, since_seconds=args.since,
-                                       timestamps=args.timestamps, worker=args.worker,
-                                       all_workers=args.all_workers):
-            print(line, flush=args.follow)
-        return EXIT_OK
-    if args.command == "wait":
-        name = follow.resolve_job(cluster, ns, args.name)
-        code, message = follow.wait(cluster, ns, name, timeout_seconds=args.timeout,
-                                    pending_timeout_seconds=args.pending_timeout, report=err)
-        print(message, file=sys.stdout if code == EXIT_OK else sys.stderr)
-        return code
-    if args.command == "delete":
+    return _submit(args, cluster, spec, ns)
 
-        kind = delete(cluster, args.name, ns)
-        print(f"{kind.lower()}.batch/{args.name} deleted from namespace {ns} (with its pods and config)")
-        return EXIT_OK
-    if args.command == "run-now":
 
-        job = run_now(cluster, ns, args.name, args.job_name)
-        if args.output in ("json", "yaml", "name"):
-            _print_objects([job], args.output)
-            return EXIT_OK
-        name = job["metadata"]["name"]
-        print(f"job.batch/{name} created in namespace {ns} from cronjob {args.name}; "
-              f"output {run_output(job)}")
-        print(f"follow it: python -m jobs logs {name} -n {ns} -f")
-        return EXIT_OK
-    if args.command in ("suspend", "resume"):
+def _err(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
-        kind, _ = set_suspended(cluster, ns, args.name, args.command == "suspend")
-        done = "suspended" if args.command == "suspend" else "resumed"
-        print(f"{kind.lower()}.batch/{args.name} {done} in namespace {ns}")
+
+def _connect(args: argparse.Namespace):
+    cluster = connect(args.kubeconfig, args.context)
+    cluster.notify = _err  # an API server restart: one line when it goes, one when it is back
+    return cluster
+
+
+def _logs(args: argparse.Namespace, cluster, ns: str) -> int:
+    name = follow.resolve_job(cluster, ns, args.name)
+    for line in logs.stream_logs(cluster, ns, name, follow=args.follow, all_pods=args.all_pods,
+                                 report=_err, tail_lines=args.tail, since_seconds=args.since,
+                                 timestamps=args.timestamps, worker=args.worker,
+                                 all_workers=args.all_workers):
+        print(line, flush=args.follow)
+    return EXIT_OK
+
+
+def _wait(args: argparse.Namespace, cluster, ns: str) -> int:
+    name = follow.resolve_job(cluster, ns, args.name)
+    code, message = follow.wait(cluster, ns, name, timeout_seconds=args.timeout,
+                                pending_timeout_seconds=args.pending_timeout, report=_err)
+    print(message, file=sys.stdout if code == EXIT_OK else sys.stderr)
+    return code
+
+
+def _delete(args: argparse.Namespace, cluster, ns: str) -> int:
+    kind = delete(cluster, args.name, ns)
+    print(f"{kind.lower()}.batch/{args.name} deleted from namespace {ns} (with its pods and config)")
+    return EXIT_OK
+
+
+def _run_now(args: argparse.Namespace, cluster, ns: str) -> int:
+    job = run_now(cluster, ns, args.name, args.job_name)
+    if args.output in ("json", "yaml", "name"):
+        _print_objects([job], args.output)
         return EXIT_OK
-    raise UsageError(f"unknown command {args.command!r}")
+    name = job["metadata"]["name"]
+    print(f"job.batch/{name} created in namespace {ns} from cronjob {args.name}; "
+          f"output {run_output(job)}")
+    print(f"follow it: python -m jobs logs {name} -n {ns} -f")
+    return EXIT_OK
+
+
+def _suspend_or_resume(args: argparse.Namespace, cluster, ns: str) -> int:
+    kind, _ = set_suspended(cluster, ns, args.name, args.command == "suspend")
+    done = "suspended" if args.command == "suspend" else "resumed"
+    print(f"{kind.lower()}.batch/{args.name} {done} in namespace {ns}")
+    return EXIT_OK
+
+
+def _on_cluster(handler):
+    """A verb's handler(args, cluster, namespace) as a handler(args) that connects first."""
+    def connected(args: argparse.Namespace) -> int:
+        cluster = _connect(args)
+        return handler(args, cluster, _namespace(args, "", cluster.default_namespace))
+    return connected
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -399,7 +397,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
 
     try:
-        return _run(args)
+        return args.handler(args)
     except (SpecError, UsageError, KubeconfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE

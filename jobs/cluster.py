@@ -231,11 +231,6 @@ class Cluster:
         return _call(f"patch {kind.lower()} {namespace}/{name}", func, name, namespace, patch,
                      _content_type="application/merge-patch+json")
 
-    def replace_config_map(self, namespace: str, manifest: dict) -> dict:
-        name = manifest["metadata"]["name"]
-        return _call(f"replace configmap {namespace}/{name}", self.core.replace_namespaced_config_map,
-                     name, namespace, manifest)
-
     def set_owner(self, namespace: str, config_map: str, owner: dict) -> dict:
         """Make ``owner`` (a Job or CronJob) own the ConfigMap, so it is garbage-collected too."""
         ref = {"apiVersion": owner["apiVersion"], "kind": owner["kind"],

@@ -3,11 +3,12 @@
 
 from __future__ import annotations
 
-from jobs import pending
+from jobs import output, pending
 from jobs.cluster import Cluster
 from jobs.follow import age, pod_selector, sorted_pods
 from jobs.render import MANAGED_BY
-from jobs.status import _duration, epoch_text, summaries
+from jobs.status import _duration, epoch_text, run_output, summaries
+from trainer.core.contract import JOB_NAME_VAR
 
 
 def list_objects(cluster: Cluster, namespace: str) -> list[dict]:
@@ -69,3 +70,15 @@ def rows(objects: list[dict], wide: bool = False) -> list[list[str]]:
             extra = [o.get("output") or "-", f"{age(updated)} ago" if updated else "-"]
         out.append(row + (extra if wide else []))
     return out
+
+
+def manifest_rows(manifests: list[dict]) -> list[list[str]]:
+    """``render -o wide`` and ``submit -o wide``: one row per manifest, with the run's output."""
+    rows = [["KIND", "NAME", "NAMESPACE", "IMAGE", "SCHEDULE", "OUTPUT"]]
+    for m in manifests:
+        job = m["spec"]["jobTemplate"] if m["kind"] == "CronJob" else m if m["kind"] == "Job" else None
+        image = job["spec"]["template"]["spec"]["containers"][0]["image"] if job else "-"
+        out = run_output({**job, "metadata": {"name": JOB_NAME_VAR}}) if job else "-"
+        rows.append([output.resource_name(m), m["metadata"]["name"], m["metadata"].get("namespace", "-"),
+                     image, m["spec"].get("schedule", "-") if m["kind"] == "CronJob" else "-", out or "-"])
+    return rows

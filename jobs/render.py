@@ -30,13 +30,13 @@ import yaml
 
 from jobs import __version__, workers
 from jobs.spec import JobSpec
+from trainer.core.contract import GRACE_ENV, JOB_NAME_ENV, JOB_NAME_VAR, SCRATCH_DIR, SCRATCH_ENV
 from trainer.core.errors import FAIL_JOB, IGNORE, codes_with_action
 
 TOOL = "kubetrain"
 CONTAINER = "trainer"
 CONFIG_DIR = "/etc/kubetrain"
 CONFIG_FILE = "config.yaml"
-SCRATCH_DIR = "/scratch"
 CREDENTIALS_DIR = "/var/secrets/google"
 RUN_AS = 10001  # the image's non-root user (docker/Dockerfile); above 10000, outside host ranges
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -100,23 +100,22 @@ def _args(spec: JobSpec) -> list[str]:
     output = spec.train.output.rstrip("/") or spec.train.output
     if spec.scheduled:
         # Every Job the CronJob creates has a unique name; the kubelet expands $(VAR) in args.
-        output = f"{output}/$(KUBETRAIN_JOB_NAME)"
+        output = f"{output}/{JOB_NAME_VAR}"
     return ["--config", f"{CONFIG_DIR}/{CONFIG_FILE}", "--data", spec.train.data, "--output", output]
 
 
 def _env(spec: JobSpec) -> list[dict]:
     env: list[dict] = [
-        {"name": "KUBETRAIN_SCRATCH", "value": SCRATCH_DIR},
+        {"name": SCRATCH_ENV, "value": SCRATCH_DIR},
         {"name": "HOME", "value": SCRATCH_DIR},
         {"name": "TMPDIR", "value": SCRATCH_DIR},
         {"name": "MPLCONFIGDIR", "value": f"{SCRATCH_DIR}/.matplotlib"},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
         # The trainer warns when a checkpoint takes longer than this (trainer/core/preemption.py).
-        {"name": "KUBETRAIN_TERMINATION_GRACE_SECONDS",
-         "value": str(spec.termination_grace_period_seconds)},
+        {"name": GRACE_ENV, "value": str(spec.termination_grace_period_seconds)},
     ]
     if spec.scheduled:
-        env.append({"name": "KUBETRAIN_JOB_NAME",
+        env.append({"name": JOB_NAME_ENV,
                     "valueFrom": {"fieldRef": {"fieldPath": f"metadata.labels['{JOB_NAME_LABEL}']"}}})
     if spec.storage.credentials == "secret":
         env.append({"name": "GOOGLE_APPLICATION_CREDENTIALS",
@@ -267,7 +266,7 @@ def job(spec: JobSpec, namespace: str = "") -> dict:
         "spec": job_spec(spec),
     }
     if spec.workers > 1:
-        workers.make_indexed(out["spec"], spec.name, spec.workers)
+        out["spec"] = workers.indexed(out["spec"], spec.name, spec.workers)
     return out
 
 

@@ -26,7 +26,7 @@ from jobs import checks
 from jobs import spec_values as values
 from jobs.checks import SpecError, dns_label, parse_quantity, schedule_period_seconds
 from jobs.spec_values import MAX_JOB_NAME, StorageSpec, Toleration
-from trainer.config import TrainConfig, merge_values, read_yaml
+from trainer.config import TrainConfig, merge_values, multi_worker_problem, read_yaml
 from trainer.core.errors import ConfigError
 from trainer.core.quoting import brief
 from trainer.core.schema import default_of, doc_field
@@ -192,9 +192,9 @@ def _check_multi_worker(spec: JobSpec) -> None:
     if len(hostname) > MAX_JOB_NAME:
         raise SpecError(f"key 'name': the last worker's hostname {hostname!r} is longer than "
                         f"{MAX_JOB_NAME} characters; shorten 'name'")
-    if spec.train.cpu_replicas > 1 or spec.train.strategy == "one_device":
-        raise SpecError("train: with workers > 1 every GPU of each pod is a replica (one CPU device "
-                        "without GPUs): leave strategy at auto/mirrored and cpu_replicas at 0 or 1")
+    problem = multi_worker_problem(spec.train)
+    if problem:
+        raise SpecError(f"train: {problem}")
 
 
 def warnings(spec: JobSpec) -> list[str]:

@@ -19,6 +19,7 @@ import yaml
 from jobs import checks
 from jobs.checks import SpecError, dns_label, parse_quantity
 from trainer.config import TrainConfig, load_config
+from trainer.core.contract import ENV_PREFIX
 from trainer.core.errors import ConfigError
 from trainer.core.quoting import brief
 from trainer.core.schema import doc_field
@@ -28,7 +29,6 @@ TOLERATION_OPERATORS = ("Equal", "Exists")
 TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 # Environment variables the rendered pod sets itself; a spec's env: may not change them.
 RESERVED_ENV = ("HOME", "TMPDIR", "MPLCONFIGDIR", "PYTHONUNBUFFERED", "GOOGLE_APPLICATION_CREDENTIALS")
-RESERVED_ENV_PREFIX = "KUBETRAIN_"
 
 MAX_JOB_NAME = 63  # a Job's name becomes the value of its pods' job-name label
 MAX_WORKERS = 256  # TensorFlow's collectives, not Kubernetes, set the practical limit
@@ -139,9 +139,9 @@ def env(raw: Any, key: str) -> dict[str, str]:
     for name, value in (checks.mapping(raw, key) or {}).items():
         if not isinstance(name, str) or not _ENV_NAME.match(name):
             raise SpecError(f"key {brief(key)}: {brief(name)} is not a valid environment variable name")
-        if name in RESERVED_ENV or name.startswith(RESERVED_ENV_PREFIX):
+        if name in RESERVED_ENV or name.startswith(ENV_PREFIX):
             raise SpecError(f"key '{key}.{name}': set by kubetrain itself; "
-                            f"reserved: {', '.join(RESERVED_ENV)}, {RESERVED_ENV_PREFIX}*")
+                            f"reserved: {', '.join(RESERVED_ENV)}, {ENV_PREFIX}*")
         if _CREDENTIAL_NAME.fullmatch(name) and name != "STORAGE_EMULATOR_HOST":
             raise SpecError(
                 f"key '{key}.{name}': looks like a credential; a value here would be written into "
@@ -158,7 +158,7 @@ def env_from_secret(raw: Any, key: str) -> dict[str, tuple[str, str]]:
     for name, ref in (checks.mapping(raw, key) or {}).items():
         if not isinstance(name, str) or not _ENV_NAME.match(name):
             raise SpecError(f"key {brief(key)}: {brief(name)} is not a valid environment variable name")
-        if name in RESERVED_ENV or name.startswith(RESERVED_ENV_PREFIX):
+        if name in RESERVED_ENV or name.startswith(ENV_PREFIX):
             raise SpecError(f"key '{key}.{name}': set by kubetrain itself")
         secret, sep, secret_key = ref.partition("/") if isinstance(ref, str) else ("", "", "")
         if not sep or not re.fullmatch(r"[-._A-Za-z0-9]+", secret_key):

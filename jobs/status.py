@@ -22,13 +22,12 @@ from jobs import pending, timeline
 from jobs.cluster import Cluster, NotFound
 from jobs.follow import _cron_runs, age, job_state, pod_selector, sorted_pods
 from jobs.render import CONTAINER
+from trainer.core.contract import JOB_NAME_VAR
 from trainer.core.errors import TrainerError
 from trainer.storage import small_files
 from trainer.training import progress
 
 log = logging.getLogger(__name__)
-
-JOB_NAME_VAR = "$(KUBETRAIN_JOB_NAME)"
 
 
 def run_output(job: dict) -> str | None:

@@ -34,11 +34,11 @@ from dataclasses import dataclass, field
 from jobs import render, workers
 from jobs.cluster import Cluster, ClusterError, Conflict, NotFound
 from jobs.spec import JobSpec, config_map_name
+from trainer.core.contract import SUBMITTED_ENV
 
 log = logging.getLogger(__name__)
 
 CREATED, CONFIGURED, UNCHANGED = "created", "configured", "unchanged"
-SUBMITTED_ENV = "KUBETRAIN_SUBMITTED_AT"  # read by trainer/training/ledger.py
 
 
 @dataclass(frozen=True)

@@ -18,11 +18,13 @@ Pure builders, used by ``jobs/render.py``. What N workers need from Kubernetes:
 
 from __future__ import annotations
 
+import copy
 from typing import Any
+
+from trainer.core.contract import WORKERS_ENV
 
 COLLECTIVE_PORT = 2222  # TensorFlow's conventional gRPC port for a worker
 PORT_NAME = "collective"
-WORKERS_ENV = "KUBETRAIN_WORKERS"  # read by trainer.runtime.multiworker
 COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 
 
@@ -54,16 +56,17 @@ def service(job_name: str, job_name_label: str, metadata: dict) -> dict:
     }
 
 
-def make_indexed(job_spec: dict[str, Any], job_name: str, workers: int) -> None:
-    """Turn a single-pod Job's ``spec`` into the N-worker Indexed Job's (in place)."""
-    items = list(job_spec.items())
-    job_spec.clear()
-    for key, value in items:  # next to backoffLimit, where a reader looks for the pod counts
-        job_spec[key] = value
+def indexed(job_spec: dict[str, Any], job_name: str, workers: int) -> dict[str, Any]:
+    """The N-worker Indexed Job's ``spec``, made from a single-pod Job's (left unchanged)."""
+    out: dict[str, Any] = {}
+    for key, value in job_spec.items():  # next to backoffLimit, where a reader looks for the pod counts
+        out[key] = value
         if key == "backoffLimit":
-            job_spec.update(completionMode="Indexed", completions=workers, parallelism=workers)
-    pod = job_spec["template"]["spec"]
+            out.update(completionMode="Indexed", completions=workers, parallelism=workers)
+    out["template"] = copy.deepcopy(job_spec["template"])
+    pod = out["template"]["spec"]
     pod["subdomain"] = service_name(job_name)
     container = pod["containers"][0]
     container["env"].append({"name": WORKERS_ENV, "value": ",".join(addresses(job_name, workers))})
     container["ports"] = [{"name": PORT_NAME, "containerPort": COLLECTIVE_PORT, "protocol": "TCP"}]
+    return out

@@ -181,7 +181,7 @@ def _train(argv: list[str]) -> int:
     # and the run's modules (a deferral tests/unit/test_import_layers.py names).
     from trainer.run import run
 
-    stop = preemption.PhasedStop()
+    stop = preemption.StagedStop()
     preemption.install(stop)
     log.info("training %s on %s -> %s", cfg.model, cfg.data, cfg.output)
     try:

@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from trainer.core.contract import JOB_NAME_ENV  # the launcher sets it from the Job's name label
 from trainer.core.quoting import brief
 from trainer.storage import RunDir, open_run_dir, open_store
 
@@ -48,7 +49,6 @@ HISTORY_FORMAT = 1
 STALE_SECONDS = 3600.0  # a holder that has not let go after an hour is taken for dead
 POLL_SECONDS = 2.0
 MAX_ENTRY_BYTES = 1 << 20
-JOB_NAME_ENV = "KUBETRAIN_JOB_NAME"  # the launcher sets it from the Job's name label
 
 
 def now_iso(seconds: float) -> str:

@@ -11,7 +11,7 @@ Output layout (``<output>`` is a local directory or ``gs://bucket/prefix``)::
 ``report/`` and ``model/`` are built aside and published whole, so a failed or interrupted
 run never replaces the previous good ones. The report is drawn in a second process started when
 the run begins (``trainer.report.worker``), while this one exports the model; the time of each
-phase goes into ``metrics.json`` as ``phase_seconds`` (``trainer.runtime.stopwatch``), and
+lap goes into ``metrics.json`` as ``phase_seconds`` (``trainer.runtime.stopwatch``), and
 every wall second of the run, over its attempts, as ``ledger`` (``trainer.training.ledger``).
 
 With several workers (``trainer.runtime.multiworker``) every worker trains and evaluates, and only
@@ -36,8 +36,9 @@ import yaml
 
 from trainer import promote, promotions
 from trainer.config import TrainConfig
+from trainer.core.contract import SCRATCH_ENV
 from trainer.core.errors import ConfigError, DataError
-from trainer.core.preemption import PhasedStop, SaveTimer, critical
+from trainer.core.preemption import SaveTimer, StagedStop, critical
 from trainer.core.quoting import brief
 from trainer.data import dataset as data_lib
 from trainer.data import scan
@@ -46,9 +47,10 @@ from trainer.model.backbones import save_backbone_weights
 from trainer.model.export import export_model
 from trainer.report import METRICS_FILE, write_report
 from trainer.report.worker import ReportWorker
-from trainer.runtime import multiworker, runlog
+from trainer.runtime import multiworker, runlog, workers
 from trainer.runtime.devices import make_runtime
-from trainer.runtime.stopwatch import Phases
+from trainer.runtime.stopwatch import Stopwatch
+from trainer.runtime.workers import Cluster
 from trainer.storage import RunDir, open_run_dir, storage_retries
 from trainer.training import checkpoint
 from trainer.training.checkpoint import Checkpointer
@@ -72,20 +74,20 @@ MAY_CHANGE_ON_RESUME = ("output", "epochs", "export", "promote_to", "keep_checkp
 
 def scratch_dir() -> Path:
     """Writable local space: $KUBETRAIN_SCRATCH (an emptyDir in the pod) or the temp dir."""
-    root = Path(os.environ.get("KUBETRAIN_SCRATCH") or Path(tempfile.gettempdir()) / "kubetrain")
+    root = Path(os.environ.get(SCRATCH_ENV) or Path(tempfile.gettempdir()) / "kubetrain")
     try:
         root.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=root, prefix=".write-probe-"):
             pass
     except OSError as exc:
         raise ConfigError(f"scratch directory {brief(str(root))} is not writable ({exc.strerror or exc}); "
-                          "set KUBETRAIN_SCRATCH to a writable directory (an emptyDir in the pod)") from None
+                          f"set {SCRATCH_ENV} to a writable directory (an emptyDir in the pod)") from None
     return root
 
 
 def _check_same_run(run_dir: RunDir, cfg: TrainConfig) -> None:
     """Refuse to resume a run directory that holds a run with an incompatible config."""
-    if not run_dir.pull("checkpoints/latest.json") or not run_dir.pull("config.yaml"):
+    if not checkpoint.exists(run_dir) or not run_dir.pull("config.yaml"):
         return
     try:
         previous = yaml.safe_load((run_dir.local / "config.yaml").read_text())
@@ -116,19 +118,20 @@ def _write_config(run_dir: RunDir, cfg: TrainConfig) -> None:
         run_dir.push("config.yaml")
 
 
-def run(cfg: TrainConfig, stop: PhasedStop) -> dict:
+def run(cfg: TrainConfig, stop: StagedStop) -> dict:
     """Train, evaluate, report and export; returns the metrics. Raises TrainerError subclasses.
 
-    ``stop.enter(phase)`` marks each phase: a SIGTERM outside training stops the run at once.
+    ``stop.enter(stage)`` marks each stage: a SIGTERM outside training stops the run at once.
     """
-    phases = Phases()
+    stopwatch = Stopwatch()
     ledger = Ledger.start()  # where the run's wall time goes, over its attempts (goodput)
-    cluster = multiworker.from_environment()
+    cluster = workers.from_environment()
+    scratch = scratch_dir()
     chief = cluster is None or cluster.is_chief
     # Only the chief writes a report; its worker imports matplotlib & co. on the idle core now.
-    reports = ReportWorker.start(scratch_dir()) if chief else ReportWorker(None)
+    reports = ReportWorker.start(scratch) if chief else ReportWorker(None)
     try:
-        metrics = _run(cfg, stop, phases, reports, ledger)
+        metrics = _run(cfg, stop, stopwatch, reports, ledger, cluster, scratch)
     except BaseException as exc:
         ledger.ended(exc)
         raise
@@ -139,12 +142,11 @@ def run(cfg: TrainConfig, stop: PhasedStop) -> dict:
 
 
 # Over 60 lines: data -> build -> fit -> evaluate share a dozen objects and two early returns
-# (non-chief workers); the phase order with stop.enter/phases.lap reads best in one place.
-def _run(cfg: TrainConfig, stop, phases: Phases, reports: ReportWorker, ledger: Ledger) -> dict:
+# (non-chief workers); the stage order with stop.enter/stopwatch.lap reads best in one place.
+def _run(cfg: TrainConfig, stop, stopwatch: Stopwatch, reports: ReportWorker, ledger: Ledger,
+         cluster: Cluster | None, scratch: Path) -> dict:
     wall_start = time.monotonic()
-    scratch = scratch_dir()
-    cluster = multiworker.from_environment()
-    run_dir = multiworker.open_run_dir_for(cluster, cfg.output, scratch / "staging")
+    run_dir = open_run_dir(cfg.output, scratch / "staging", writer=cluster is None or cluster.is_chief)
     run_log = runlog.start(run_dir)
     if cfg.promote_to and (cluster is None or cluster.is_chief):
         # Checked now, not after training: a missing bucket or a read-only path is exit 2.
@@ -166,7 +168,7 @@ def _run(cfg: TrainConfig, stop, phases: Phases, reports: ReportWorker, ledger: 
     restart = cluster is not None and run_dir.pull("config.yaml")
 
     dataset = data_lib.open_dataset(cfg, scratch)
-    phases.lap("data")
+    stopwatch.lap("data")
 
 
     stop.enter("model building")
@@ -177,7 +179,7 @@ def _run(cfg: TrainConfig, stop, phases: Phases, reports: ReportWorker, ledger: 
     log.info("model %s: %d parameters; global batch %d (%d x %d replicas), %d steps per epoch",
              cfg.model, trainer.model.count_params(), trainer.global_batch, cfg.batch_size,
              runtime.replicas, trainer.steps_per_epoch)
-    phases.lap("startup")
+    stopwatch.lap("startup")
     checkpointer = Checkpointer(run_dir, trainer.model, trainer.optimizer, cfg.keep_checkpoints,
                                 is_chief=runtime.is_chief,
                                 meta={"class_names": list(dataset.class_names), "model": cfg.model})
@@ -197,7 +199,7 @@ def _run(cfg: TrainConfig, stop, phases: Phases, reports: ReportWorker, ledger: 
         except BaseException as exc:
             observer.stopped(exc)
             raise
-        phases.lap("train")
+        stopwatch.lap("train")
         stop.enter("evaluation")
         ledger.enter("evaluating")
         test = trainer.evaluate("test", collect=True)
@@ -223,8 +225,8 @@ def _run(cfg: TrainConfig, stop, phases: Phases, reports: ReportWorker, ledger: 
                                                   "waited_for_lock_seconds": round(turn.waited_seconds, 3)}
             log.info("promotion to %s: %s (%s)", cfg.promote_to, "yes" if decision.promote else "no",
                      decision.reason)
-        phases.lap("evaluate")
-        return _report_export_promote(cfg, stop, phases, reports, run_dir, scratch, dataset, test, result,
+        stopwatch.lap("evaluate")
+        return _report_export_promote(cfg, stop, stopwatch, reports, run_dir, scratch, dataset, test, result,
                                       observer, metrics_args, decision, turn)
 
 
@@ -268,7 +270,7 @@ def _metrics_args(cfg: TrainConfig, dataset, runtime, trainer, init_weights, res
     }
 
 
-def _report_export_promote(cfg: TrainConfig, stop, phases: Phases, reports: ReportWorker,
+def _report_export_promote(cfg: TrainConfig, stop, stopwatch: Stopwatch, reports: ReportWorker,
                            run_dir: RunDir, scratch: Path, dataset, test: dict, result,
                            observer: RunObserver, metrics_args: dict, decision,
                            turn: promotions.Turn | None) -> dict:
@@ -279,11 +281,9 @@ def _report_export_promote(cfg: TrainConfig, stop, phases: Phases, reports: Repo
                    "y_true": test["labels"][:shown], "config": cfg.to_dict()}
 
     def report_into(directory: Path) -> None:  # promotion: drawn again with the final metrics
-        write_report(directory, metrics=metrics, images=test["images"], probs=test["probs"][:shown],
-                     y_true=test["labels"][:shown], config=cfg.to_dict())
+        write_report(directory, metrics=metrics, **report_args)
 
     def model_into(directory: Path) -> None:
-
         export_model(result.model, list(dataset.class_names), cfg.image_size, cfg.model, directory)
         save_backbone_weights(result.model, directory / "backbone.weights.h5")  # for weights: <file>
 
@@ -295,10 +295,10 @@ def _report_export_promote(cfg: TrainConfig, stop, phases: Phases, reports: Repo
         stop.enter("export")
         model_dir = run_dir.staging("model")
         model_into(model_dir)
-        phases.lap("export")
+        stopwatch.lap("export")
     metrics, report_seconds = drawing.result()
-    phases.add("report", report_seconds)
-    metrics["phase_seconds"] = phases.as_dict()
+    stopwatch.add("report", report_seconds)
+    metrics["phase_seconds"] = stopwatch.as_dict()
     metrics["ledger"] = observer.ledger.summary()
     (report_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n",
                                            encoding="utf-8")

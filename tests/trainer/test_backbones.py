@@ -29,10 +29,12 @@ def _cfg(data: Path, out: Path, **kw):
 
 def _trainer(cfg, **kw):
     from trainer.data.dataset import load_dataset
+    from trainer.model.weights import resolve
     from trainer.runtime.devices import make_runtime
     from trainer.training.loop import Trainer
 
-    return Trainer(cfg, make_runtime(cfg), load_dataset(cfg, Path(cfg.data)), **kw)
+    return Trainer(cfg, make_runtime(cfg), load_dataset(cfg, Path(cfg.data)),
+                   init_weights=resolve(cfg, Path(cfg.output) / "scratch"), **kw)
 
 
 def _checkpointer(trainer, out: Path):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer.runtime.multiworker import on_this_machine
+from trainer.runtime.workers import on_this_machine
 from trainer.training.batchnorm import sample_plan
 
 from .conftest import REPO, preempt_trainer, run_trainer

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from trainer.core.errors import EXIT_PEER_LOST, ConfigError
-from trainer.runtime.multiworker import Cluster, from_environment, on_this_machine
+from trainer.runtime.workers import Cluster, from_environment, on_this_machine
 
 from .conftest import REPO, run_trainer
 

@@ -11,7 +11,7 @@ import time
 import numpy as np
 
 from trainer.report.worker import ReportWorker, tiny_job
-from trainer.runtime.stopwatch import Phases, process_age_seconds
+from trainer.runtime.stopwatch import Stopwatch, process_age_seconds
 
 from .conftest import FAST, REPO
 
@@ -21,7 +21,7 @@ REPORT_FILES = {"metrics.json", "learning_curves.png", "confusion_matrix.png",
 
 def test_phases_count_laps_from_the_process_start():
     assert process_age_seconds() > 0  # this process started before this test
-    phases = Phases()
+    phases = Stopwatch()
     time.sleep(0.05)
     phases.lap("data")
     phases.add("report", 1.5)

@@ -69,6 +69,7 @@ def _write(root: Path, images: np.ndarray, labels: np.ndarray) -> None:
 def _fit(tmp: Path, name: str, data: Path, **values):
     from trainer.core.preemption import StopRequest
     from trainer.data.dataset import load_dataset
+    from trainer.model.weights import resolve
     from trainer.runtime.devices import make_runtime
     from trainer.storage import LocalRunDir
     from trainer.training.checkpoint import Checkpointer
@@ -76,7 +77,8 @@ def _fit(tmp: Path, name: str, data: Path, **values):
 
     cfg = load_config({"data": str(data), "output": str(tmp / name), "model": BACKBONE, "image_size": SIZE,
                        "batch_size": 32, **values})
-    trainer = Trainer(cfg, make_runtime(cfg), load_dataset(cfg, data))
+    trainer = Trainer(cfg, make_runtime(cfg), load_dataset(cfg, data),
+                      init_weights=resolve(cfg, tmp / f"{name}-scratch"))
     run_dir = LocalRunDir(cfg.output)
     trainer.fit(Checkpointer(run_dir, trainer.model, trainer.optimizer, keep=1), StopRequest())
     return trainer

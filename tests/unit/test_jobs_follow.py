@@ -99,10 +99,6 @@ class FakeCluster:
         obj["spec"].update(patch["spec"])
         return copy.deepcopy(obj)
 
-    def replace_config_map(self, namespace, manifest):
-        self.calls.append("replace ConfigMap")
-        return self.put(manifest, namespace)
-
     def set_owner(self, namespace, config_map, owner):
         self.calls.append(f"own ConfigMap by {owner['kind']}")
         self.objects[("ConfigMap", namespace, config_map)]["metadata"]["ownerReferences"] = [

@@ -14,7 +14,7 @@ from jobs import describe, follow, logs, render, status, workers
 from jobs.spec import SpecError, parse_spec
 from jobs.submit import delete, submit
 from tests.unit.test_jobs_follow import NS, SPEC, FakeCluster, terminated
-from trainer.runtime.multiworker import Cluster, from_environment
+from trainer.runtime.workers import Cluster, from_environment
 
 MW = {**SPEC, "name": "digits-mw", "workers": 3}
 

@@ -49,7 +49,7 @@ from trainer.storage.uri import is_inside, validate_uri
 __all__ = ["BACKBONES", "BUILTIN_DATASETS", "BUILTIN_PREFIX", "CACHES", "EXPORT_EPOCHS", "FLIPS",
            "LR_SCHEDULES", "MODELS", "OPTIMIZERS", "PRECISIONS", "SCRATCH_MODELS", "STRATEGIES",
            "SWITCHES", "AugmentConfig", "TrainConfig", "field_docs", "load_config",
-           "merge_values", "parse_overrides", "read_config_file", "read_yaml"]
+           "merge_values", "multi_worker_problem", "parse_overrides", "read_config_file", "read_yaml"]
 
 def _coerce(name: str, value: Any, typ: str, choices: tuple[str, ...] | None) -> Any:
     """Convert one YAML/CLI value to the field's type, or raise ConfigError naming the key."""
@@ -257,6 +257,15 @@ def _validate(cfg: TrainConfig) -> None:
     for name in ("rotation", "shift", "zoom"):
         value = getattr(a, name)
         need(value is None or 0 <= value <= 0.5, f"config key 'augment.{name}': must be in [0, 0.5]")
+
+
+def multi_worker_problem(cfg: TrainConfig) -> str | None:
+    """What in ``cfg`` a multi-worker run cannot do, or None: the one statement of the rule, for
+    the launcher (a spec with ``workers`` > 1) and the trainer (a cluster in the environment)."""
+    if cfg.cpu_replicas > 1 or cfg.strategy == "one_device":
+        return ("with several workers every GPU of each worker is a replica (one CPU device without "
+                "GPUs): leave strategy at auto/mirrored and cpu_replicas at 0 or 1")
+    return None
 
 
 def load_config(

@@ -1,16 +1,18 @@
-"""SIGTERM in any phase of a run: stop promptly and leave a state the next pod resumes from.
+"""SIGTERM in any stage of a run: stop promptly and leave a state the next pod resumes from.
 
 Kubernetes sends SIGTERM on preemption or eviction and SIGKILL after the pod's grace period
-(30 s on GKE Spot). What "stop" means depends on the phase:
+(30 s on GKE Spot). What "stop" means depends on the stage
+(``StagedStop.enter(stage)``; the head/fine-tune *phases* of training are ``schedule``'s, the
+timed *laps* ``stopwatch``'s):
 
 * training (``trainer/training/loop.py``): the loop checks the request between calls into the graph,
   saves a checkpoint at that step boundary and raises ``Preempted``;
-* every other phase (download, data loading, evaluation, report, export, promotion) has nothing
+* every other stage (download, data loading, evaluation, report, export, promotion) has nothing
   to save: the last checkpoint already holds all the training, ``report/`` and ``model/`` are
   built aside and published whole. The run stops at once with ``Preempted``: the signal
   handler raises it in the main thread when that thread is in the trainer's own code, and
   otherwise (inside a library, where an exception could break a lock) retries every 50 ms
-  by SIGALRM; thread pools skip their queued work. The next pod redoes that phase.
+  by SIGALRM; thread pools skip their queued work. The next pod redoes that stage.
 
 Short critical sections (writing a checkpoint marker or ``config.yaml``, swapping a published
 tree into place) run under ``critical()``: a SIGTERM arriving inside one is honoured when it
@@ -26,6 +28,7 @@ import signal
 import threading
 from collections.abc import Iterator
 
+from trainer.core.contract import GRACE_ENV
 from trainer.core.errors import EXIT_PREEMPTED, Preempted
 
 log = logging.getLogger(__name__)
@@ -48,26 +51,26 @@ class StopRequest:
         return self._event.is_set()
 
 
-class PhasedStop(StopRequest):
-    """A StopRequest that knows the run's phase and raises at once outside the training loop."""
+class StagedStop(StopRequest):
+    """A StopRequest that knows the run's stage and raises at once outside the training loop."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.phase = "start-up"
+        self.stage = "start-up"
         self.deferred = False  # True while the training loop polls the request itself
         self._critical = 0
 
-    def enter(self, phase: str, *, deferred: bool = False) -> None:
-        """Mark the start of ``phase``; raise now if a SIGTERM is already pending."""
-        self.phase, self.deferred = phase, deferred
-        log.debug("phase: %s", phase)
+    def enter(self, stage: str, *, deferred: bool = False) -> None:
+        """Mark the start of ``stage``; raise now if a SIGTERM is already pending."""
+        self.stage, self.deferred = stage, deferred
+        log.debug("stage: %s", stage)
         if self and not deferred:
             self.raise_now()
-        _inject_fault(phase)
+        _inject_fault(stage)
 
     def raise_now(self) -> None:
         disarm()
-        raise Preempted(f"{self.reason} during {self.phase}; nothing was lost: {RESUME_HINT}")
+        raise Preempted(f"{self.reason} during {self.stage}; nothing was lost: {RESUME_HINT}")
 
     @contextlib.contextmanager
     def critical(self) -> Iterator[None]:
@@ -87,9 +90,9 @@ class PhasedStop(StopRequest):
         if self.deferred:
             log.warning("%s received: saving a checkpoint at the next step boundary", name)
         elif self._critical:
-            log.warning("%s received during %s: stopping after the current write", name, self.phase)
+            log.warning("%s received during %s: stopping after the current write", name, self.stage)
         else:
-            log.warning("%s received during %s: stopping now", name, self.phase)
+            log.warning("%s received during %s: stopping now", name, self.stage)
         self.try_raise(frame)
 
     def try_raise(self, frame) -> None:
@@ -107,23 +110,23 @@ class PhasedStop(StopRequest):
         signal.setitimer(signal.ITIMER_REAL, RETRY_SECONDS)
 
 
-_active: PhasedStop | None = None
+_active: StagedStop | None = None
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep  # the trainer's own code
 RETRY_SECONDS = 0.05  # how soon a stop interrupted inside library code is retried
 
-# Fault injection for tests: "PHASE" makes the process send itself a real SIGTERM as PHASE
-# starts (deterministic: the handler runs before the phase's first step); "PHASE@SECONDS" sends
-# it from a timer that many seconds into the phase. Every phase's handling is thereby tested
+# Fault injection for tests: "STAGE" makes the process send itself a real SIGTERM as STAGE
+# starts (deterministic: the handler runs before the stage's first step); "STAGE@SECONDS" sends
+# it from a timer that many seconds into the stage. Every stage's handling is thereby tested
 # through the real signal and the real CLI.
 FAULT_ENV = "KUBETRAIN_TEST_SIGTERM_IN"
 
 
-def _inject_fault(phase: str) -> None:
+def _inject_fault(stage: str) -> None:
     import os
     import threading
 
     want, at, delay = os.environ.get(FAULT_ENV, "").partition("@")
-    if want != phase:
+    if want != stage:
         return
     if not at:
         os.kill(os.getpid(), signal.SIGTERM)
@@ -133,7 +136,7 @@ def _inject_fault(phase: str) -> None:
     timer.start()
 
 
-def install(stop: PhasedStop) -> None:
+def install(stop: StagedStop) -> None:
     """Route SIGTERM to ``stop`` (main thread only; called by the entry point)."""
     global _active
     _active = stop
@@ -170,7 +173,6 @@ def critical() -> Iterator[None]:
 
 # -- how long a checkpoint takes vs the grace period -------------------------------------------
 
-GRACE_ENV = "KUBETRAIN_TERMINATION_GRACE_SECONDS"  # set by the launcher from the pod spec
 SPOT_GRACE_SECONDS = 30.0  # GKE Spot VMs: the preemption notice is 30 s
 
 

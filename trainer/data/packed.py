@@ -19,9 +19,8 @@ name, byte size, SHA-256 and image count, the split parameters, the skipped (unr
 images, and a fingerprint of all of it.
 
 Streaming (``PackedSource.batches``), per epoch:
-shard order (a seeded permutation per epoch when training; worker ``i`` of ``n`` takes every
-``n``-th shard of it) -> a bounded window of shards fetched ahead onto local scratch
-(``trainer/data/shard_window.py``, parallel downloads) -> interleave of ``CYCLE_LENGTH`` shards
+shard order (a seeded permutation per epoch when training) -> a bounded window of shards
+fetched ahead onto local scratch (``trainer/data/shard_window.py``, parallel downloads) -> interleave of ``CYCLE_LENGTH`` shards
 (record by record) -> shuffle buffer (seeded per epoch) -> skip what a resumed epoch already trained on
 (serialized records, nothing decoded) -> decode + resize (parallel) -> batch -> augment ->
 prefetch. The same (seed, epoch) gives the same batches, so a resume lands on the same
@@ -288,21 +287,15 @@ def _remove_orphans(root: Path) -> None:
 
 class PackedSource:
     """One split of a packed dataset, streamed (what ``pipeline.make_source`` returns for it).
+    Every worker of a multi-worker run reads all of it (``multiworker.shard_by_data``)."""
 
-    ``worker_index``/``num_workers``: the multi-worker hook; each worker reads a disjoint set
-    of shards per epoch (every ``num_workers``-th of the epoch's shard order).
-    """
-
-    def __init__(self, store, manifest: Manifest, split: str, scratch: Path, *, window: int,
-                 worker_index: int = 0, num_workers: int = 1):
+    def __init__(self, store, manifest: Manifest, split: str, scratch: Path, *, window: int):
         self.store = store
         self.manifest = manifest
         self.split = split
         self.info = manifest.splits[split]
         self.scratch = scratch
         self.window = window
-        self.worker_index = worker_index
-        self.num_workers = num_workers
         largest = max(s.bytes for s in self.info.shards)
         # Small splits (val, test: read every epoch) stay on scratch after their first pass.
         self.keep = self.info.bytes <= window * largest and split != "train"
@@ -311,26 +304,19 @@ class PackedSource:
     def __len__(self) -> int:
         return self.info.images
 
-    def for_worker(self, worker_index: int, num_workers: int) -> PackedSource:
-        return PackedSource(self.store, self.manifest, self.split, self.scratch, window=self.window,
-                            worker_index=worker_index, num_workers=num_workers)
-
     def shard_order(self, epoch: int, training: bool) -> list[int]:
-        """This worker's shards for ``epoch``: permuted per epoch from the seed when training."""
+        """The shards of ``epoch`` in reading order: permuted per epoch from the seed when training."""
         n = len(self.info.shards)
         order = (np.random.default_rng([self.manifest.seed, epoch]).permutation(n) if training
                  else np.arange(n))
-        return [int(i) for i in order[self.worker_index::self.num_workers]]
-
-    def images_for(self, epoch: int, training: bool = True) -> int:
-        return sum(self.info.shards[i].images for i in self.shard_order(epoch, training))
+        return [int(i) for i in order]
 
     def _shuffle_buffer(self) -> int:
         mean = max(1, self.info.bytes // max(1, self.info.images))
         return int(min(SHUFFLE_BUFFER_MAX, max(256, SHUFFLE_BUFFER_BYTES // mean)))
 
     def records(self, epoch: int, training: bool):
-        """Serialized examples of this worker's shards for ``epoch``, in a deterministic order."""
+        """Serialized examples of the shards of ``epoch``, in a deterministic order."""
         import tensorflow as tf
 
         shards = [self.info.shards[i] for i in self.shard_order(epoch, training)]

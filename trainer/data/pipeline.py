@@ -89,7 +89,7 @@ def make_batches(
     # per epoch on 2 CPU cores (docs/benchmarks.md). AUTOTUNE below falls back to fixed
     # defaults: map parallelism = cores, a prefetch buffer that grows as needed.
     options.autotune.enabled = False
-    if hasattr(source, "batches"):  # a packed stream: it shards by worker itself
+    if hasattr(source, "batches"):  # a packed stream, batched by its reader (data/packed.py)
         ds = source.batches(cfg, batch_size, training=training, epoch=epoch,
                             skip_batches=skip_batches, augment=augment)
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF

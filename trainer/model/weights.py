@@ -79,7 +79,6 @@ def _found(kind: str, source: str, path: Path) -> InitialWeights:
 
 
 def _imagenet(cfg: TrainConfig, scratch: Path) -> InitialWeights:
-
     spec = SPECS[cfg.model]
     fname = spec.imagenet_file
     for cache in keras_cache_dirs():

@@ -19,7 +19,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from trainer.config import TrainConfig
+from trainer.config import TrainConfig, multi_worker_problem
 from trainer.core.errors import ConfigError
 from trainer.runtime import multiworker
 from trainer.runtime import precision as prec
@@ -120,7 +120,7 @@ def choose_precision(cfg: TrainConfig, gpus: list, cache_dir: Path | None, strat
 
 
 def make_runtime(cfg: TrainConfig, cache_dir: Path | None = None, cluster=None) -> Runtime:
-    """The strategy and speed choices; ``cluster`` (a ``multiworker.Cluster``) means MWMS."""
+    """The strategy and speed choices; ``cluster`` (a ``workers.Cluster``) means MWMS."""
     import_tensorflow()
     import keras
     import tensorflow as tf
@@ -133,9 +133,9 @@ def make_runtime(cfg: TrainConfig, cache_dir: Path | None = None, cluster=None) 
             pass
     workers, index = 1, 0
     if cluster is not None:
-        if cfg.cpu_replicas > 1 or cfg.strategy == "one_device":
-            raise ConfigError("multi-worker runs use every GPU of each worker (one CPU device without"
-                              " GPUs): leave strategy at auto/mirrored and cpu_replicas at 0 or 1")
+        problem = multi_worker_problem(cfg)
+        if problem:
+            raise ConfigError(problem)
 
         workers, index = cluster.num_workers, cluster.index
     elif cfg.cpu_replicas and not gpus:

@@ -1,11 +1,9 @@
-"""Multi-worker training: who the workers are, the rendezvous, and what a lost peer means.
+"""Multi-worker training: the rendezvous, and what a lost peer means.
 
-N processes (pods) train one model in sync with ``MultiWorkerMirroredStrategy`` (MWMS). Each
-worker learns the cluster from the standard ``TF_CONFIG``
-(``{"cluster": {"worker": [host:port, ...]}, "task": {"type": "worker", "index": i}}``) or, on
-Kubernetes, from ``KUBETRAIN_WORKERS`` (the address list the launcher renders) plus the
-``JOB_COMPLETION_INDEX`` the Indexed Job gives each pod. One worker (or none) is the
-single-process path: no MWMS, nothing changes.
+N processes (pods) train one model in sync with ``MultiWorkerMirroredStrategy`` (MWMS). Who the
+workers are and which one this process is comes from ``trainer.runtime.workers`` (the standard
+``TF_CONFIG``, or on Kubernetes ``KUBETRAIN_WORKERS`` plus ``JOB_COMPLETION_INDEX``). One worker
+(or none) is the single-process path: no MWMS, nothing changes.
 
 What was measured on this TF build (2.21, CPU, two processes on loopback), and the design:
 
@@ -37,7 +35,6 @@ What was measured on this TF build (2.21, CPU, two processes on loopback), and t
 from __future__ import annotations
 
 import faulthandler
-import json
 import logging
 import os
 import signal
@@ -48,128 +45,33 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from trainer.core.errors import EXIT_PEER_LOST, EXIT_UNEXPECTED, ConfigError, PeerLost
-from trainer.core.quoting import brief
-from trainer.storage import RunDir, is_remote, open_run_dir
+from trainer.core.errors import EXIT_PEER_LOST, EXIT_UNEXPECTED, PeerLost
+from trainer.runtime.workers import TF_CONFIG, Cluster
 
 log = logging.getLogger(__name__)
 
-TF_CONFIG = "TF_CONFIG"
-WORKERS_ENV = "KUBETRAIN_WORKERS"  # "host:port,host:port,..." rendered by the launcher
-INDEX_ENV = "JOB_COMPLETION_INDEX"  # set by the Job controller in every pod of an Indexed Job
 HEARTBEAT_TIMEOUT_SECONDS = 10  # TensorFlow's default; a dead peer is detected within this
 SETTLE_MARGIN_SECONDS = 5
-
-
-@dataclass(frozen=True)
-class Cluster:
-    """The workers of one multi-worker run and which one this process is."""
-
-    workers: tuple[str, ...]  # host:port of every worker, index order
-    index: int
-
-    @property
-    def num_workers(self) -> int:
-        return len(self.workers)
-
-    @property
-    def is_chief(self) -> bool:
-        return self.index == 0
-
-    def tf_config(self) -> str:
-        return json.dumps({"cluster": {"worker": list(self.workers)},
-                           "task": {"type": "worker", "index": self.index}})
-
-
-def on_this_machine(num_workers: int) -> list[Cluster]:
-    """``num_workers`` workers on free ports of 127.0.0.1, one Cluster per worker (index order):
-    a multi-worker run on one machine, for tests, benchmarks and a laptop trial. Each worker
-    process gets its ``tf_config()`` as ``TF_CONFIG``. The ports are free when chosen; a process
-    that takes one in between makes the rendezvous fail with a clear error."""
-    import socket
-
-    socks = [socket.socket() for _ in range(num_workers)]
-    try:
-        for sock in socks:
-            sock.bind(("127.0.0.1", 0))
-        workers = tuple(f"127.0.0.1:{sock.getsockname()[1]}" for sock in socks)
-    finally:
-        for sock in socks:
-            sock.close()
-    return [Cluster(workers, i) for i in range(num_workers)]
-
-
-def from_environment(env: dict[str, str] | None = None) -> Cluster | None:
-    """The cluster from ``TF_CONFIG`` or ``KUBETRAIN_WORKERS`` + ``JOB_COMPLETION_INDEX``.
-
-    None when neither is set or there is only one worker. Malformed values are a ConfigError.
-    """
-    env = os.environ if env is None else env
-    if env.get(TF_CONFIG):
-        return _from_tf_config(env[TF_CONFIG])
-    if env.get(WORKERS_ENV):
-        workers = tuple(w.strip() for w in env[WORKERS_ENV].split(",") if w.strip())
-        raw_index = env.get(INDEX_ENV, "")
-        if not raw_index.isdigit():
-            raise ConfigError(f"{WORKERS_ENV} is set but {INDEX_ENV} is {raw_index!r}; "
-                              "multi-worker pods must come from an Indexed Job")
-        return _checked(workers, int(raw_index), WORKERS_ENV)
-    return None
-
-
-MAX_TF_CONFIG_BYTES = 1 << 16  # 256 workers' addresses fit many times over
-
-
-def _from_tf_config(raw: str) -> Cluster | None:
-    expected = ('expected {"cluster": {"worker": ["host:port", ...]}, '
-                '"task": {"type": "worker", "index": N}}')
-    if len(raw) > MAX_TF_CONFIG_BYTES:
-        raise ConfigError(f"{TF_CONFIG} is longer than {MAX_TF_CONFIG_BYTES >> 10} KiB; {expected}")
-    try:
-        tf_config = json.loads(raw)
-        workers = tuple(tf_config["cluster"]["worker"])
-        task = tf_config.get("task")
-        if task is None and len(workers) > 1:
-            raise ConfigError(f"{TF_CONFIG} has no 'task': with {len(workers)} workers each process "
-                              'must say which one it is ("task": {"type": "worker", "index": N})')
-        task = task or {"type": "worker", "index": 0}
-        task_type, index = task.get("type", "worker"), task.get("index", 0)
-        if not all(isinstance(w, str) for w in workers) or not isinstance(tf_config["cluster"], dict):
-            raise TypeError
-    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
-        raise ConfigError(f"{TF_CONFIG} is not valid: {expected}") from None
-    other = sorted(set(tf_config["cluster"]) - {"worker"})
-    if other or task_type != "worker":
-        raise ConfigError(f"{TF_CONFIG}: only 'worker' tasks are supported (found {other or task_type!r}); "
-                          "worker 0 is the chief")
-    if isinstance(index, bool) or not isinstance(index, int):
-        raise ConfigError(f"{TF_CONFIG}: task index must be a whole number, got {index!r}")
-    return _checked(workers, index, TF_CONFIG)
-
-
-def _checked(workers: tuple[str, ...], index: int, source: str) -> Cluster | None:
-    for w in workers:
-        host, _, port = str(w).rpartition(":")
-        if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-            raise ConfigError(f"{source}: worker address {brief(str(w))} is not host:port "
-                              "(a port from 1 to 65535)")
-    if not 0 <= index < max(1, len(workers)):
-        raise ConfigError(f"{source}: task index {index} is outside the {len(workers)} workers")
-    if len(set(workers)) != len(workers):
-        raise ConfigError(f"{source}: worker addresses repeat: {', '.join(workers)}")
-    return Cluster(tuple(workers), index) if len(workers) > 1 else None
 
 
 # ---------------------------------------------------------------------------------------------
 # Leaving at once
 
 
-_active: Cluster | None = None  # set once this process joined a multi-worker cluster
+@dataclass(frozen=True)
+class _Joined:
+    cluster: Cluster
+    watchdog: GraphWatchdog | None = None  # once the rendezvous is done
+
+
+# Process state, on purpose: TensorFlow's coordination service is one per process, so is the
+# cluster a process joined (``make_strategy`` sets it, once).
+_joined: _Joined | None = None
 
 
 def active() -> Cluster | None:
     """The cluster this process joined, or None (single-worker)."""
-    return _active
+    return _joined.cluster if _joined else None
 
 
 def hard_exit(code: int) -> None:
@@ -262,8 +164,14 @@ class GraphWatchdog:
                      "other workers (one hangs or the network is partitioned); restarting all workers",
                      EXIT_PEER_LOST)
 
-    def call(self, what: str):
-        return _Guard(self, what)
+    def begin(self, what: str) -> None:
+        """A call into the graph starts now."""
+        with self._lock:
+            self._started, self._what = time.monotonic(), what
+
+    def end(self) -> None:
+        with self._lock:
+            self._started = None
 
 
 class _Guard:
@@ -272,14 +180,12 @@ class _Guard:
 
     def __enter__(self):
         if self.watchdog:
-            with self.watchdog._lock:
-                self.watchdog._started, self.watchdog._what = time.monotonic(), self.what
+            self.watchdog.begin(self.what)
         return self
 
     def __exit__(self, exc_type, exc, tb):
         if self.watchdog:
-            with self.watchdog._lock:
-                self.watchdog._started = None
+            self.watchdog.end()
         if exc is not None and _is_peer_failure(exc):
             first = (str(exc).strip().splitlines() or [""])[-1][:300]
             raise PeerLost(f"{self.what}: another worker is gone ({type(exc).__name__}: {first}); "
@@ -289,7 +195,7 @@ class _Guard:
 
 def _is_peer_failure(exc: BaseException) -> bool:
     """Only the errors a lost or hung peer produces in a collective (never a bug's)."""
-    if _active is None:
+    if _joined is None:
         return False
     import tensorflow as tf
 
@@ -297,15 +203,12 @@ def _is_peer_failure(exc: BaseException) -> bool:
                             tf.errors.AbortedError))
 
 
-_watchdog: GraphWatchdog | None = None
-
-
 def graph_call(what: str) -> _Guard:
     """Context manager for one call into the graph: collective timeout and peer-loss translation.
 
     A no-op in single-worker runs.
     """
-    return _Guard(_watchdog, what)
+    return _Guard(_joined.watchdog if _joined else None, what)
 
 
 def shard_by_data(batches):
@@ -344,7 +247,7 @@ def settle() -> None:
 
 def make_strategy(cluster: Cluster, rendezvous_timeout_seconds: float, collective_timeout_seconds: float):
     """Join the cluster and return the MWMS. Must run before any other TensorFlow op."""
-    global _active, _watchdog
+    global _joined
     import tensorflow as tf
     from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2
     from tensorflow.python.eager import context
@@ -367,7 +270,7 @@ def make_strategy(cluster: Cluster, rendezvous_timeout_seconds: float, collectiv
                    f"{rendezvous_timeout_seconds:g} (this is worker {cluster.index}, "
                    f"{cluster.workers[cluster.index]}); check that every worker pod runs and resolves "
                    f"{', '.join(cluster.workers)}", EXIT_UNEXPECTED)
-    _active = cluster
+    _joined = _Joined(cluster)
     sigterm = signal.getsignal(signal.SIGTERM)
     try:
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
@@ -383,36 +286,7 @@ def make_strategy(cluster: Cluster, rendezvous_timeout_seconds: float, collectiv
     # is put back.
     if callable(sigterm):
         signal.signal(signal.SIGTERM, sigterm)
-    _watchdog = GraphWatchdog(collective_timeout_seconds)
+    _joined = _Joined(cluster, GraphWatchdog(collective_timeout_seconds))
     log.info("all %d workers joined in %.1f s: %d replicas in sync", cluster.num_workers,
              time.monotonic() - start, strategy.num_replicas_in_sync)
     return strategy
-
-
-# ---------------------------------------------------------------------------------------------
-# The run directory, seen by a worker that must not write it
-
-
-class ReadOnlyRunDir(RunDir):
-    """A local run directory as a non-chief worker sees it: read, never written."""
-
-    def __init__(self, uri: str):  # no mkdir, no write probe
-        self.uri = uri
-        self.local = Path(uri).expanduser()
-
-    def push(self, rel: str) -> None:
-        raise AssertionError(f"worker wrote {rel}: only worker 0 writes the run directory")
-
-    remove = publish = push  # type: ignore[assignment]
-
-
-def open_run_dir_for(cluster: Cluster | None, uri: str, scratch: Path) -> RunDir:
-    """The run directory: writable for worker 0 (and single-worker runs), read-only otherwise.
-
-    A bucket output is staged in this worker's own scratch space, so reading it writes nothing
-    shared; a local output is read in place.
-    """
-
-    if cluster is None or cluster.is_chief or is_remote(uri):
-        return open_run_dir(uri, scratch)
-    return ReadOnlyRunDir(uri)

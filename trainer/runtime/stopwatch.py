@@ -1,10 +1,11 @@
 """Where a run's wall time goes: start-up, data, train, evaluate, report, export.
 
-``Phases`` times named spans of one run; ``metrics.json`` gets them as ``phase_seconds`` (plus
-``total``, the process's age at the end), and docs/benchmarks.md's phase table is read from
-real runs. ``startup`` counts from the process's own start (the kernel's record of it, so the
-interpreter and the imports before ``run`` are included), not from when this module loaded.
-Phases that overlap (the report is drawn in another process while the model is exported) each
+A ``Stopwatch`` times the named laps of one run; ``metrics.json`` gets them as ``phase_seconds``
+(plus ``total``, the process's age at the end; the key's name is kept for its readers), and
+docs/benchmarks.md's phase table is read from real runs. ``startup`` counts from the process's
+own start (the kernel's record of it, so the interpreter and the imports before ``run`` are
+included), not from when this module loaded.
+Laps that overlap (the report is drawn in another process while the model is exported) each
 keep their own duration, so they may add up to more than ``total``.
 """
 
@@ -14,7 +15,7 @@ import os
 import time
 from pathlib import Path
 
-ORDER = ("startup", "data", "train", "evaluate", "report", "export")
+LAPS = ("startup", "data", "train", "evaluate", "report", "export")
 
 
 def process_age_seconds() -> float:
@@ -27,8 +28,8 @@ def process_age_seconds() -> float:
         return 0.0
 
 
-class Phases:
-    """Accumulated wall seconds per phase name; ``startup`` starts with the time before ``run``."""
+class Stopwatch:
+    """Accumulated wall seconds per lap name; ``startup`` starts with the time before ``run``."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {"startup": process_age_seconds()}
@@ -45,8 +46,8 @@ class Phases:
         self.seconds[name] = self.seconds.get(name, 0.0) + seconds
 
     def as_dict(self) -> dict[str, float]:
-        """The phases in their natural order, rounded to milliseconds, plus ``total`` so far."""
-        names = [n for n in ORDER if n in self.seconds] + sorted(set(self.seconds) - set(ORDER))
+        """The laps in their natural order, rounded to milliseconds, plus ``total`` so far."""
+        names = [n for n in LAPS if n in self.seconds] + sorted(set(self.seconds) - set(LAPS))
         out = {n: round(self.seconds[n], 3) for n in names}
         out["total"] = round(time.monotonic() - self._started, 3)
         return out

@@ -25,11 +25,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from trainer.core.errors import DataError
-from trainer.storage.rundir import LocalRunDir, RunDir
+from trainer.storage.rundir import LocalRunDir, ReadOnlyRunDir, RunDir
 from trainer.storage.store import Store
 from trainer.storage.uri import GCS_SCHEME, is_remote, validate_uri
 
-__all__ = ["GCS_SCHEME", "LocalRunDir", "RunDir", "Store", "fetch_dataset", "is_remote",
+__all__ = ["GCS_SCHEME", "LocalRunDir", "ReadOnlyRunDir", "RunDir", "Store", "fetch_dataset", "is_remote",
            "open_run_dir", "open_store", "storage_retries", "validate_uri"]
 
 
@@ -64,13 +64,19 @@ def open_store(uri: str, *, create_bucket: bool = False) -> Store:
     return Store(uri)
 
 
-def open_run_dir(uri: str, scratch: Path, key: str = "output", recover: bool = True) -> RunDir:
+def open_run_dir(uri: str, scratch: Path, key: str = "output", recover: bool = True, *,
+                 writer: bool = True) -> RunDir:
     """The run directory for ``uri``; remote outputs are staged under ``scratch``. Opening
     checks it is writable (a missing bucket, a read-only path: ConfigError naming ``key``) and,
     with ``recover``, finishes a publish an earlier process was killed in (``GCSRunDir``): not
-    where another process may be publishing at the same time."""
+    where another process may be publishing at the same time.
+
+    ``writer=False`` (the other workers of a multi-worker run): a local output is read in
+    place and never written (nor checked writable); a bucket output is staged in this
+    process's own scratch space, so reading it writes nothing shared.
+    """
     if is_remote(uri):
         from trainer.storage.gcs_rundir import GCSRunDir  # lazy: the cloud client
 
         return GCSRunDir(uri, scratch, key=key, recover=recover)
-    return LocalRunDir(uri, key=key)
+    return LocalRunDir(uri, key=key) if writer else ReadOnlyRunDir(uri)

@@ -41,9 +41,9 @@ class GCSRunDir(RunDir):
                  recover: bool = True):
         self.key = key  # the setting that named it, for the messages (output, promote_to)
         self.bucket_name, self.prefix = parse_uri(uri)
-        self.uri = f"{GCS_SCHEME}{join(self.bucket_name, self.prefix)}"
+        super().__init__(f"{GCS_SCHEME}{join(self.bucket_name, self.prefix)}",
+                         Path(scratch) / "gcs-run" / slug(self.bucket_name, self.prefix))
         self.workers = workers
-        self.local = Path(scratch) / "gcs-run" / slug(self.bucket_name, self.prefix)
         self.local.mkdir(parents=True, exist_ok=True)
         self._bucket = gcs.client().bucket(self.bucket_name)
         self._check_writable()

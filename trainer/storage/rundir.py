@@ -26,9 +26,12 @@ class RunDir:
     uri: str
     local: Path
 
-    def __init__(self, *_args, **_kwargs):
-        raise TypeError("RunDir is the interface: use open_run_dir(uri, scratch), or "
-                        "LocalRunDir(path) for a local directory")
+    def __init__(self, uri: str, local: Path):
+        if type(self) is RunDir:
+            raise TypeError("RunDir is the interface: use open_run_dir(uri, scratch), or "
+                            "LocalRunDir(path) for a local directory")
+        self.uri = uri
+        self.local = local
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.uri!r})"
@@ -122,8 +125,7 @@ class LocalRunDir(RunDir):
     """A run directory on a local (or mounted) filesystem; checked writable when opened."""
 
     def __init__(self, uri: str, key: str = "output"):
-        self.uri = uri
-        self.local = Path(uri).expanduser()
+        super().__init__(uri, Path(uri).expanduser())
         try:
             self.local.mkdir(parents=True, exist_ok=True)
             probe = self.local / f".write-probe-{uuid.uuid4().hex}"
@@ -131,3 +133,16 @@ class LocalRunDir(RunDir):
             probe.unlink()
         except OSError as exc:
             raise ConfigError(f"{key} directory {uri!r} is not writable: {exc.strerror}") from None
+
+
+class ReadOnlyRunDir(RunDir):
+    """A local run directory as a reader that must not write it sees it (the other workers of a
+    multi-worker run): no mkdir, no write probe, and a write is a bug."""
+
+    def __init__(self, uri: str):
+        super().__init__(uri, Path(uri).expanduser())
+
+    def push(self, rel: str) -> None:
+        raise AssertionError(f"worker wrote {rel}: only worker 0 writes the run directory")
+
+    remove = publish = push  # type: ignore[assignment]

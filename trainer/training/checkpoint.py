@@ -36,6 +36,11 @@ class Position:
     partial: dict[str, float] = field(default_factory=dict)  # running sums of a half-done epoch
 
 
+def exists(run_dir: RunDir) -> bool:
+    """True when the run directory holds a complete checkpoint (its marker)."""
+    return run_dir.pull(MARKER)
+
+
 def finished(run_dir: RunDir, epochs: int) -> bool:
     """True when the run directory's last checkpoint has all ``epochs`` trained."""
     if not run_dir.pull(MARKER):

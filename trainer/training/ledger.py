@@ -46,6 +46,7 @@ import os
 import time
 from collections.abc import Callable, Mapping
 
+from trainer.core.contract import SUBMITTED_ENV
 from trainer.core.errors import Preempted
 from trainer.runtime.stopwatch import process_age_seconds
 from trainer.storage import RunDir, outage
@@ -57,7 +58,6 @@ log = logging.getLogger(__name__)
 FILE = "checkpoints/ledger.json"
 FORMAT = 1
 PARTS = ("queued", "starting", "training", "redone", "evaluating", "reporting")
-SUBMITTED_ENV = "KUBETRAIN_SUBMITTED_AT"
 MAX_BYTES = 1 << 20  # a ledger is a kilobyte; a larger file is not one
 HEARTBEAT_SECONDS = EVERY_SECONDS  # within training, as often as the progress record
 

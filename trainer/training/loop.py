@@ -19,21 +19,21 @@ from __future__ import annotations
 import logging
 import math
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from trainer.config import TrainConfig
+from trainer.config.auto import pretrained
 from trainer.core.errors import Diverged, PeerLost, Preempted
 from trainer.core.preemption import StopRequest
 from trainer.data import dataset as data_lib
 from trainer.data import pipeline
-from trainer.model import schedule, weights
+from trainer.model import schedule
 from trainer.model.build import build_model
 from trainer.model.optimizer import make_optimizer, per_example_loss
+from trainer.model.weights import InitialWeights
 from trainer.runtime import multiworker
 from trainer.runtime.devices import Runtime
 from trainer.training.batchnorm import BatchNormStats, sample_batches, sample_plan
@@ -60,7 +60,7 @@ class FitResult:
     selection: str = ""  # why that epoch
 
 
-class _Progress:
+class _TerminalBar:
     """A progress bar on a terminal, nothing otherwise (the per-epoch line is always logged)."""
 
     def __init__(self, enabled: bool):
@@ -85,12 +85,16 @@ class Trainer:
     """Builds the model under the strategy and runs epochs; evaluation helpers for the report."""
 
     def __init__(self, cfg: TrainConfig, runtime: Runtime, dataset: data_lib.Dataset, cache_dir=None,
-                 init_weights=None):
+                 init_weights: InitialWeights | None = None):
+        """``init_weights``: what ``trainer.model.weights.resolve`` found (a local file); needed
+        when ``cfg`` starts from trained weights, since a Trainer does no I/O of its own."""
         import keras  # lazy, like every TensorFlow import: `jobs` and --help stay light
 
-        if init_weights is None:  # trainer/model/weights.py: none, ImageNet or a file, as a local path
-
-            init_weights = weights.resolve(cfg, Path(cache_dir or tempfile.gettempdir()))
+        if init_weights is None:
+            if pretrained(cfg):
+                raise ValueError(f"weights={cfg.weights!r} for {cfg.model}: pass init_weights="
+                                 "trainer.model.weights.resolve(cfg, scratch)")
+            init_weights = InitialWeights("none")
         self.init_weights = init_weights
 
         self.cfg = cfg
@@ -224,7 +228,7 @@ class Trainer:
         pos = checkpointer.restore() or Position()
         resumed_from = (pos.epoch, pos.step) if (pos.epoch or pos.step) else None
         history = {k: list(v) for k, v in pos.history.items()}
-        progress = _Progress(sys.stderr.isatty())
+        bar = _TerminalBar(sys.stderr.isatty())
         best = BestWeights(checkpointer.run_dir, self.model, checkpointer.is_chief)
         start = time.monotonic()
         if pos.epoch >= cfg.epochs:
@@ -258,12 +262,12 @@ class Trainer:
                 if not math.isfinite(chunk[0]):
                     raise Diverged(f"loss became {chunk[0]} in epoch {epoch + 1}, step {step}; "
                                    "lower the learning rate")
-                progress.update(epoch + 1, cfg.epochs, step, self.steps_per_epoch, totals[0] / max(1, totals[2]))
+                bar.update(epoch + 1, cfg.epochs, step, self.steps_per_epoch, totals[0] / max(1, totals[2]))
                 observer.chunk(epoch, step, n, chunk)
                 if self.runtime.workers == 1:
                     stopping = bool(stop)
                 if stopping and step < self.steps_per_epoch:
-                    progress.clear()
+                    bar.clear()
                     partial = dict(zip(("loss_sum", "correct", "count"), map(float, totals)))
                     name = checkpointer.save(Position(epoch, step, history, partial))
                     where = f"at epoch {epoch + 1}, step {step}/{self.steps_per_epoch}"
@@ -275,7 +279,7 @@ class Trainer:
                                            f"checkpoint {name} {where}; all workers restart")
                     raise Preempted(f"{stop.reason}: saved checkpoint {name} {where}; "
                                     "restart with the same --output to resume")
-            progress.clear()
+            bar.clear()
             seconds = time.monotonic() - t0
             with self._bn_stats.debiased(int(self.optimizer.iterations.numpy())):
                 val = self.evaluate("val")  # it picks the epoch to export
