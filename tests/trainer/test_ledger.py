@@ -68,7 +68,8 @@ def test_a_submission_time_before_the_start_is_queued(tmp_path):
     ledger = ledger_of(out)
     assert_adds_up(ledger)
     assert ledger["since"] == "submission" and ledger["attempts"] == 1 and ledger["redone"] == 0
-    assert 30 <= ledger["queued"] < 40
+    # the process start is the kernel's, in clock ticks (10 ms): within a few of them
+    assert 30 - 0.05 <= ledger["queued"] < 40
     assert ledger["total"] <= time.time() - submitted
 
 

@@ -201,7 +201,8 @@ def trainer_env(obj: dict) -> dict:
 
 
 def test_submit_stamps_a_new_job_with_its_submission_time_and_render_stays_pure():
-    from trainer.training.ledger import SUBMITTED_ENV, parse_time
+    from trainer.core.contract import SUBMITTED_ENV
+    from trainer.training.ledger import parse_time
 
     c = FakeCluster()
     submit(c, parse_spec(SPEC), NS, now=T0 + dt.timedelta(seconds=1.25))

@@ -135,8 +135,10 @@ class Ledger:
     def __init__(self, *, submitted_at: float | None = None, process_age: float | None = None,
                  clock: Callable[[], float] = time.time):
         self.clock = clock
-        now = clock()
-        self.process_started = now - (process_age_seconds() if process_age is None else process_age)
+        before = clock()
+        age = process_age_seconds() if process_age is None else process_age
+        # the clock read on both sides of the age: a process descheduled in between errs by half
+        self.process_started = (before + clock()) / 2 - age
         self.submitted_at = submitted_at
         self.origin = self.process_started if submitted_at is None else min(submitted_at, self.process_started)
         self.first_started = self.process_started  # the first attempt's (this one's, until attach)
