@@ -11,6 +11,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from tests.trainer.conftest import FAST, REPO, preempt_trainer, run_trainer
 from trainer.training.ledger import FILE, PARTS, parse_state
 
@@ -26,7 +28,9 @@ def ledger_of(out) -> dict:
 def assert_adds_up(ledger: dict) -> None:
     parts = sum(ledger[p] for p in PARTS)
     assert abs(parts - ledger["total"]) <= 0.01 * ledger["total"], ledger
-    assert ledger["goodput"] == round(ledger["training"] / ledger["total"], 4)
+    # goodput is rounded from the unrounded parts; recomputed from the rounded ones it may differ
+    # in its last digit.
+    assert ledger["goodput"] == pytest.approx(ledger["training"] / ledger["total"], abs=1.5e-4)
 
 
 def test_a_preempted_and_resumed_run_accounts_every_second_of_both_attempts(tmp_path):

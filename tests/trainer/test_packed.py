@@ -220,7 +220,9 @@ def test_training_stopped_mid_epoch_resumes_on_the_same_streamed_batches(packed_
     second, second_ckpt = trainer_for(tmp_path / "cut")
     resumed = second.fit(second_ckpt, StopRequest())
     assert resumed.resumed_from == (0, 2)
-    np.testing.assert_allclose(resumed.history["loss"], clean_result.history["loss"], rtol=1e-4)
+    # Same batches, same order; the epoch's mean loss is summed in two processes, and in the
+    # machine's precision (bf16 on CPUs with bf16 units) that moves its 4th digit.
+    np.testing.assert_allclose(resumed.history["loss"], clean_result.history["loss"], rtol=2e-3)
     for a, b in zip(second.model.get_weights(), clean.model.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
 
