@@ -69,7 +69,7 @@ MAY_CHANGE_ON_RESUME = ("output", "epochs", "export", "promote_to", "keep_checkp
                         "max_image_pixels", "stream_window", "rendezvous_timeout_seconds",
                         "collective_timeout_seconds", "export_epoch", "weights_mirror",
                         "auto_reasons", "promotion_alpha", "promotion_max_recall_drop",
-                        "promotion_wait_seconds")
+                        "promotion_wait_seconds", "skip_unchanged")
 
 
 def scratch_dir() -> Path:
@@ -101,8 +101,15 @@ def _check_same_run(run_dir: RunDir, cfg: TrainConfig) -> None:
     # Keys left at auto in both runs are derived again (from epochs, the machine, ...): a change
     # there follows from a key that may change (warmup from epochs, precision from the node).
     derived = set(previous.get("auto_reasons") or {}) & set(current.get("auto_reasons") or {})
+
+    def differs(key: str) -> bool:
+        old, new = previous[key], current[key]
+        if isinstance(old, dict) and isinstance(new, dict):  # augment: each sub-key on its own
+            return any(old.get(s) != new.get(s) for s in set(old) | set(new) if f"{key}.{s}" not in derived)
+        return old != new
+
     changed = [k for k in current if k not in MAY_CHANGE_ON_RESUME and k not in derived
-               and k in previous and previous[k] != current[k]]
+               and k in previous and differs(k)]
     if changed:
         diffs = ", ".join(f"{k}: {brief(previous[k], 40)} -> {brief(current[k], 40)}" for k in changed)
         raise ConfigError(f"{cfg.output} holds a run with a different config ({diffs}); "
@@ -169,6 +176,10 @@ def _run(cfg: TrainConfig, stop, stopwatch: Stopwatch, reports: ReportWorker, le
 
     dataset = data_lib.open_dataset(cfg, scratch)
     stopwatch.lap("data")
+    if cfg.promote_to and cfg.skip_unchanged and not checkpoint.exists(run_dir):
+        reason = promote.nothing_new(cfg, scratch / "promote", dataset)
+        if reason:  # before any device, rendezvous or step: no accelerator time spent
+            return _skipped(cfg, run_dir, scratch, dataset, reason, chief=cluster is None or cluster.is_chief)
 
 
     stop.enter("model building")
@@ -228,6 +239,27 @@ def _run(cfg: TrainConfig, stop, stopwatch: Stopwatch, reports: ReportWorker, le
         stopwatch.lap("evaluate")
         return _report_export_promote(cfg, stop, stopwatch, reports, run_dir, scratch, dataset, test, result,
                                       observer, metrics_args, decision, turn)
+
+
+SKIPPED_FILE = "skipped.json"  # in a run directory that ended before training (nothing new)
+
+
+def _skipped(cfg: TrainConfig, run_dir: RunDir, scratch: Path, dataset, reason: str, chief: bool) -> dict:
+    """End a run that has nothing new to train: exit 0, on record in the run directory (jobs runs
+    shows it as skipped) and in the promotion history."""
+    log.info("%s", reason)
+    if not chief:
+        return {"skipped": reason}
+    record = {"format": 1, "state": "skipped", "reason": reason,
+              "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "data_fingerprint": dataset.fingerprint, "recipe_fingerprint": cfg.recipe_fingerprint(),
+              "promote_to": cfg.promote_to}
+    (run_dir.local / SKIPPED_FILE).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    run_dir.push(SKIPPED_FILE)
+    promotions.note(cfg.promote_to, scratch / "promote", cfg.output,
+                    {"decision": "skipped", "reason": reason,
+                     "fingerprints": {"data": dataset.fingerprint, "recipe": cfg.recipe_fingerprint()}})
+    return {"skipped": reason}
 
 
 def _metrics_args(cfg: TrainConfig, dataset, runtime, trainer, init_weights, result, test: dict,
