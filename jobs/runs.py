@@ -17,7 +17,7 @@ import io
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from trainer.core.errors import ConfigError
@@ -32,13 +32,14 @@ INDEX = "index.html"
 TREND = "runs_trend.png"
 METRICS = "report/metrics.json"
 REPORT = "report/report.html"
+SKIPPED = "skipped.json"  # a run that ended before training: nothing new (trainer.run)
 
 
 @dataclass(frozen=True)
 class Run:
     name: str
     uri: str
-    state: str  # finished, training, evaluating, preempted, failed, unknown
+    state: str  # finished, training, evaluating, preempted, failed, skipped, unknown
     started: str | None  # UTC ISO 8601
     duration_seconds: float | None
     test_accuracy: float | None
@@ -103,6 +104,12 @@ def read_run(parent: str, name: str) -> Run | None:
     record = _read_json(progress_uri, problems)
     record = record if record is not None and record.get("format") == progress.FORMAT else None
     if metrics is None and record is None:
+        skipped = _read_json(small_files.join(uri, SKIPPED), problems)
+        if skipped is not None and skipped.get("state") == "skipped":  # nothing new that night
+            return replace(
+                Run.unreadable(name, uri, problems), state="skipped",
+                started=_typed(skipped, "when", str, small_files.join(uri, SKIPPED), problems),
+                promoted=False, promoted_to=_typed(skipped, "promote_to", str, uri, problems))
         return Run.unreadable(name, uri, problems) if problems else None
     record = record or {}
     metrics = metrics or {}

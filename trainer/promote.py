@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -76,6 +77,10 @@ def evaluation_record(cfg, dataset, decision: Decision) -> dict:
     return {
         "format": RECORD_FORMAT,
         "data": cfg.data,
+        "run": cfg.output,
+        "promoted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "data_fingerprint": dataset.fingerprint,  # with the recipe's: what skip_unchanged compares
+        "recipe_fingerprint": cfg.recipe_fingerprint(),
         "split_rule": dataset.split_rule,
         "test_keys": test_keys,
         "test_fingerprint": fingerprint(test_keys),
@@ -121,6 +126,25 @@ def _record_problem(record: dict | None) -> str:
         if value is not None and (isinstance(value, bool) or not isinstance(value, kinds)):
             return f"has a key 'split_rule.{name}' of the wrong type ({str(value)[:40]!r})"
     return ""
+
+
+def nothing_new(cfg, scratch: Path, dataset) -> str:
+    """Why this run would train nothing new ("" when it has something new): the served model's
+    record names the same dataset fingerprint and the same recipe (``skip_unchanged``)."""
+    target = open_run_dir(cfg.promote_to, scratch, key="promote_to", recover=False)
+    if not dataset.fingerprint or not target.pull(f"model/{RECORD_FILE}"):
+        return ""
+    record, problem = served_json(target.local / "model" / RECORD_FILE, MAX_RECORD_BYTES)
+    if record is None or problem:
+        return ""  # a record that cannot be read: train, and let the comparison say why
+    if (record.get("data_fingerprint") != dataset.fingerprint
+            or record.get("recipe_fingerprint") != cfg.recipe_fingerprint()):
+        return ""
+    by = record.get("run") if isinstance(record.get("run"), str) else "an earlier run"
+    when = record.get("promoted_at") if isinstance(record.get("promoted_at"), str) else "earlier"
+    return (f"nothing new: the dataset ({dataset.fingerprint[:23]}...) and the recipe are those of the "
+            f"model served at {cfg.promote_to} (promoted {when} by {by}); skipped before training "
+            "(skip_unchanged: false trains anyway)")
 
 
 def comparison_mask(keys: tuple[str, ...] | None, record: dict | None) -> tuple[np.ndarray | None, dict]:

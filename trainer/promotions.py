@@ -173,6 +173,12 @@ def record(turn: Turn, entry: dict, clock: Callable[[], float] = time.time) -> s
     return rel
 
 
+def note(uri: str, scratch: Path, run: str, entry: dict) -> str:
+    """Add ``entry`` to the history of ``uri`` without its lock (a run that skipped, say)."""
+    target = open_run_dir(uri, scratch, key="promote_to", recover=False)
+    return record(Turn(target, uri, holder=who(run)), entry)
+
+
 def history_entry(decision, new_model: str | None) -> dict:
     """What the history keeps of one decision (``promote.Decision``)."""
     comparison = decision.comparison or {}

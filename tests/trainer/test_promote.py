@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-from trainer import promote
+from trainer import promote, promotions
 from trainer.config import load_config
 from trainer.data.dataset import never_trained_on, split_files, split_rule
 
-from .conftest import FAST, run_trainer
+from .conftest import FAST, REPO, run_trainer
 
 
 def _train(tmp_path, data, out, epochs, target, *extra):
@@ -136,3 +138,36 @@ def test_images_the_served_model_trained_on_are_left_out():
     assert never_trained_on("test/c0/1.png", folders) is True
     assert never_trained_on("train/c0/1.png", folders) is False
     assert never_trained_on("val/c0/1.png", folders) is False
+
+
+def test_a_night_with_nothing_new_is_skipped_before_training(digits_folder, tmp_path):
+    """The same images and the same recipe as the served model: the run ends before training
+    (exit 0), says why, is recorded as skipped in its run directory and the history, and jobs
+    runs shows it; a changed image, or skip_unchanged: false, trains."""
+    serving = tmp_path / "serving"
+    data = tmp_path / "data"
+    shutil.copytree(digits_folder, data)
+    assert _train(tmp_path, data, tmp_path / "runs" / "n1", 1, serving)["promotion"]["promote"] is True
+
+    proc = run_trainer(["--data", str(data), "--output", str(tmp_path / "runs" / "n2"), "--epochs", "1",
+                        *FAST, "--set", f"promote_to={serving}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "nothing new: the dataset (sha256:" in proc.stderr and "skip_unchanged: false" in proc.stderr
+    n2 = tmp_path / "runs" / "n2"
+    skipped = json.loads((n2 / "skipped.json").read_text())
+    assert skipped["state"] == "skipped" and skipped["promote_to"] == str(serving)
+    assert not (n2 / "report").exists() and not (n2 / "checkpoints" / "latest.json").exists()
+    assert "training epoch" not in proc.stderr.lower() and "Epoch 1" not in proc.stderr
+    history, _ = promotions.read_history(str(serving))
+    assert [e["decision"] for e in history] == ["promoted", "skipped"]
+    shown = subprocess.run([sys.executable, "-m", "jobs", "runs", str(tmp_path / "runs"), "--no-html"],
+                           cwd=REPO, capture_output=True, text=True, timeout=60, check=True).stdout
+    assert any(line.split()[:1] == ["n2"] and "skipped" in line for line in shown.splitlines()), shown
+
+    forced = _train(tmp_path, data, tmp_path / "runs" / "n3", 1, serving, "--set", "skip_unchanged=false")
+    assert forced["epochs_completed"] == 1 and "promotion" in forced
+    # One image more, a new night: trained (and compared).
+    first = min((data / "3").iterdir())
+    shutil.copy(first, data / "3" / f"new-{first.name}")
+    changed = _train(tmp_path, data, tmp_path / "runs" / "n4", 1, serving)
+    assert changed["epochs_completed"] == 1

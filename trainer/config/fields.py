@@ -4,6 +4,8 @@ the README's table and the error messages come from here), and the choices' voca
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -89,6 +91,8 @@ class TrainConfig:
     promotion_alpha: float = _f(0.05, "promote_to: promote only when McNemar's test on images neither "
                                 "model trained on gives p below this")
     promotion_max_recall_drop: float = _f(0.05, "promote_to: no class's recall may drop by more than this")
+    skip_unchanged: bool = _f(True, "promote_to: a run whose dataset and recipe are the served model's "
+                              "(nothing new) ends before training, exit 0, recorded as skipped")
     promotion_wait_seconds: float = _f(900.0, "promote_to: how long to wait while another run promotes "
                                        "to the same target before giving up (not promoted, recorded)")
     auto_reasons: dict[str, str] = _f(dict, "written by the trainer: how each value left at auto was chosen")  # noqa: RUF009
@@ -103,6 +107,21 @@ class TrainConfig:
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def recipe_fingerprint(self) -> str:
+        """``sha256:<hex>`` of what decides the model a run trains, given its images: every key
+        except those saying where it runs, where it writes and how it is published."""
+        recipe = {k: v for k, v in self.to_dict().items() if k not in NOT_THE_RECIPE}
+        return "sha256:" + hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()
+
+
+# Keys that say where a run reads and writes, how it is carried out or published, not what it
+# learns from its images (the data's own fingerprint covers the images): two runs differing
+# only in these train the same model (``skip_unchanged``).
+NOT_THE_RECIPE = ("data", "output", "export", "promote_to", "promotion_alpha", "promotion_max_recall_drop",
+                  "promotion_wait_seconds", "skip_unchanged", "keep_checkpoints", "cache", "stream_window",
+                  "rendezvous_timeout_seconds", "collective_timeout_seconds", "weights_mirror",
+                  "steps_per_execution", "jit_compile", "auto_reasons")
 
 
 def field_docs() -> list[tuple[str, str, Any, tuple[str, ...] | None]]:

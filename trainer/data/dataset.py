@@ -29,7 +29,7 @@ import numpy as np
 from trainer import storage
 from trainer.config import TrainConfig
 from trainer.core.errors import DataError
-from trainer.data import packed
+from trainer.data import fingerprint, packed
 from trainer.data.builtin import digits_arrays, resize_gray
 from trainer.data.images import Skips, decode_all, verify_all
 from trainer.data.packed import open_packed
@@ -66,6 +66,7 @@ class Dataset:
     skipped_images: int = 0
     uri: str = ""
     split_rule: dict | None = None  # how files were assigned to splits (see ``split_rule``)
+    fingerprint: str = ""  # the images and labels used (``trainer.data.fingerprint``)
 
     @property
     def num_classes(self) -> int:
@@ -276,12 +277,14 @@ def load_directory(root: Path, cfg: TrainConfig) -> Dataset:
     splits: dict[str, Split] = {}
     skipped = 0
     skips = Skips()
+    used: list[tuple[str, int, Path]] = []  # (key, label, file) of every image used: the fingerprint
     for split, (files, labels) in found.items():
         if in_memory:
             images, ok = decode_all(files, labels, size, cfg.max_image_pixels, skips)
         else:
             images, ok = None, verify_all(files, cfg.max_image_pixels, skips)
         skipped += len(files) - len(ok)
+        used += [(files[i].relative_to(root).as_posix(), int(labels[i]), files[i]) for i in ok]
         splits[split] = Split(labels=labels[ok], images=images,
                               paths=None if in_memory else tuple(str(files[i]) for i in ok),
                               keys=tuple(files[i].relative_to(root).as_posix() for i in ok))
@@ -302,7 +305,7 @@ def load_directory(root: Path, cfg: TrainConfig) -> Dataset:
     rule = split_rule(cfg, have_val=folders and (root / "val").is_dir(),
                       have_test=folders and (root / "test").is_dir())
     return Dataset(class_names, splits["train"], splits["val"], splits["test"], desc, skipped,
-                   split_rule=rule)
+                   split_rule=rule, fingerprint=fingerprint.of_files(class_names, used))
 
 
 def load_builtin(name: str, cfg: TrainConfig) -> Dataset:
@@ -316,7 +319,8 @@ def load_builtin(name: str, cfg: TrainConfig) -> Dataset:
              for k, v in idx.items()}
     desc = f"builtin:digits (scikit-learn, {len(labels)} images 8x8 upscaled to {cfg.image_size})"
     return Dataset(class_names, split["train"], split["val"], split["test"], desc,
-                   split_rule=split_rule(cfg, have_val=False, have_test=False))
+                   split_rule=split_rule(cfg, have_val=False, have_test=False),
+                   fingerprint=fingerprint.of_arrays(f"builtin:{name}", class_names, raw, labels))
 
 
 def load_dataset(cfg: TrainConfig, local_root: Path | None) -> Dataset:
@@ -363,7 +367,7 @@ def load_packed(cfg: TrainConfig, store, manifest, scratch: Path) -> Dataset:
     desc = (f"{store.uri} (packed, {len(manifest.class_names)} classes, {shards} shards, "
             f"{size / 1e6:.1f} MB, streamed)")
     return Dataset(manifest.class_names, splits["train"], splits["val"], splits["test"], desc,
-                   manifest.skipped_images, uri=store.uri)
+                   manifest.skipped_images, uri=store.uri, fingerprint=fingerprint.of_packed(manifest.fingerprint))
 
 
 def stream_errors(dataset: Dataset):
