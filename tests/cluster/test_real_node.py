@@ -208,3 +208,36 @@ def test_the_kind_overlays_object_store_runs_from_its_local_image(real_node):
         assert [b["name"] for b in buckets["items"]] == ["kubetrain"]
     finally:
         core.delete_namespace(name, propagation_policy="Background")
+
+
+@pytest.mark.timeout(300)
+def test_a_job_whose_image_cannot_be_pulled_says_so_in_status_and_wait(real_node, kind_namespace, tmp_path):
+    """examples/kind.yaml with an image the node does not have (a kind user who skipped
+    `make kind-load`; the spec's pull policy is Never): the real kubelet reports
+    ErrImageNeverPull, and `jobs status` and `jobs wait` name the image and the kubelet's
+    message in one line."""
+    from test_real_node_trainer import jobs, spec_file
+
+    spec = spec_file(tmp_path, name="digits-noimage", image="kubetrain-missing:0.0.0",
+                     train={"output": "gs://kubetrain/runs/digits-noimage"})
+    kubeconfig = real_node.plane.kubeconfig
+    submitted = jobs(kubeconfig, "submit", str(spec))
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    try:
+        def said_why():
+            shown = jobs(kubeconfig, "status", "digits-noimage", "-n", kind_namespace, timeout=60).stdout
+            return shown if "image kubetrain-missing:0.0.0 not pulled" in shown else None
+
+        deadline = time.monotonic() + 180
+        shown = said_why()
+        while shown is None and time.monotonic() < deadline:
+            time.sleep(2)
+            shown = said_why()
+        assert shown is not None, jobs(kubeconfig, "status", "digits-noimage", "-n", kind_namespace).stdout
+        reason = next(line for line in shown.splitlines() if "not pulled" in line)
+        assert "(ErrImageNeverPull)" in reason and "kubetrain-missing:0.0.0" in reason, reason
+        waited = jobs(kubeconfig, "wait", "digits-noimage", "-n", kind_namespace, "--timeout", "5")
+        assert waited.returncode != 0
+        assert "image kubetrain-missing:0.0.0 not pulled" in waited.stdout + waited.stderr, waited.stdout + waited.stderr
+    finally:
+        jobs(kubeconfig, "delete", "digits-noimage", "-n", kind_namespace)
