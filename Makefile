@@ -82,6 +82,10 @@ bench-precision: $(STAMP) ## bf16 vs float32 on this CPU (matmul GFLOP/s, seed C
 bench-backbones: $(STAMP) ## images/s of each backbone at its default size, head phase vs full fine-tune (~4 min)
 	$(PY) -m bench.backbones $(BENCH_ARGS)
 
+.PHONY: bench-gate
+bench-gate: $(STAMP) ## the promotion gate on 20,000 simulated nights per row: false-promotion rate and power (~15 s)
+	$(PY) -m bench.promotion_gate $(BENCH_ARGS)
+
 .PHONY: bench-gcs
 bench-gcs: $(STAMP) ## benchmark parallel vs sequential download of 1,000 small objects from the GCS emulator (~4 min)
 	$(PY) -m bench.gcs_download
