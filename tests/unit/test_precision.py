@@ -121,6 +121,7 @@ def test_calibration_measures_this_cpu_once_and_decides_from_it(tmp_path, monkey
     from trainer.runtime.devices import choose_precision
 
     monkeypatch.setattr(precision, "observe", lambda gpus=None: machine(EPYC_WITH_BF16))
+    monkeypatch.delenv("KUBETRAIN_PRECISION_CACHE", raising=False)  # the scratch cache given here
     cfg = load_config({"data": "builtin:digits", "output": str(tmp_path / "out")})
     first = choose_precision(cfg, [], tmp_path)
     (cached,) = tmp_path.glob("precision-*.json")
@@ -134,6 +135,8 @@ def test_calibration_measures_this_cpu_once_and_decides_from_it(tmp_path, monkey
 
     monkeypatch.setattr(precision, "measure_bf16_ratio", no_second_measurement)
     assert choose_precision(cfg, [], tmp_path) == first
+    monkeypatch.setenv("KUBETRAIN_PRECISION_CACHE", str(tmp_path))  # a shared cache: the same file
+    assert choose_precision(cfg, [], tmp_path / "another-scratch") == first
 
 
 def test_training_rates_and_matmul_rates_are_measured_per_precision():

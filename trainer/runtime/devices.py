@@ -16,6 +16,7 @@ Must be called before TensorFlow initializes its devices (before any op runs).
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,8 @@ from trainer.config import TrainConfig, multi_worker_problem
 from trainer.core.errors import ConfigError
 from trainer.runtime import multiworker
 from trainer.runtime import precision as prec
+
+PRECISION_CACHE_ENV = "KUBETRAIN_PRECISION_CACHE"  # a directory: one calibration shared by runs
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +111,10 @@ def choose_precision(cfg: TrainConfig, gpus: list, cache_dir: Path | None, strat
         import tensorflow as tf
 
         log.info("devices: %s; timing bf16 against float32 once for this CPU", choice.reason)
+        # $KUBETRAIN_PRECISION_CACHE: one calibration for every run that shares it (a node's
+        # persistent volume; the test suite), so runs of one recipe agree on the precision even
+        # when a busy machine would measure a ratio on the other side of the bar.
+        cache_dir = Path(os.environ[PRECISION_CACHE_ENV]) if os.environ.get(PRECISION_CACHE_ENV) else cache_dir
         if cache_dir is None:
             ratio = prec.measure_bf16_ratio()
         else:
