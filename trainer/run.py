@@ -64,7 +64,7 @@ log = logging.getLogger(__name__)
 # What may differ when a run directory is run again: how long and how to run, not what is
 # trained. Any other key that differs from the checkpointed run's config.yaml is refused, so
 # config.yaml and report/ always describe the model that was trained.
-MAY_CHANGE_ON_RESUME = ("output", "epochs", "export", "promote_to", "keep_checkpoints", "cache",
+MAY_CHANGE_ON_RESUME = ("output", "epochs", "export", "promote_to", "keep_checkpoints", "cache", "cpu_replicas",
                         "steps_per_execution", "jit_compile", "max_bad_image_fraction",
                         "max_image_pixels", "stream_window", "rendezvous_timeout_seconds",
                         "collective_timeout_seconds", "export_epoch", "weights_mirror",

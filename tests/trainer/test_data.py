@@ -184,7 +184,7 @@ def test_pipeline_is_seeded_per_epoch_and_skips_for_resume():
 
     def labels(epoch, skip=0):
         return np.concatenate([b[1].numpy() for b in make_batches(
-            src, len(ds.train), cfg, 64, training=True, epoch=epoch, skip_batches=skip)])
+            src, len(ds.train), cfg, 64, training=True, epoch=epoch, skip_examples=skip * 64)])
 
     e0 = labels(0)
     assert np.array_equal(e0, labels(0))  # same epoch, same order: a resumed epoch matches

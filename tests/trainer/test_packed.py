@@ -94,7 +94,7 @@ def test_stream_covers_the_split_in_a_seeded_order_per_epoch(folder, packed_dir,
 
     def epoch(e, skip=0, batch=8):
         return [b for b in make_batches(src, len(ds.train), cfg, batch, training=True, epoch=e,
-                                        skip_batches=skip)]
+                                        skip_examples=skip * batch)]
 
     e0 = epoch(0)
     images0 = np.concatenate([b[0].numpy() for b in e0])

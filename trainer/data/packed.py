@@ -355,7 +355,7 @@ class PackedSource:
         ds = ds.map(on_end_marker)  # sequential: sees every marker once, in order
         return ds.filter(_is_record).map(_record_only)
 
-    def batches(self, cfg, batch_size: int, *, training: bool, epoch: int = 0, skip_batches: int = 0,
+    def batches(self, cfg, batch_size: int, *, training: bool, epoch: int = 0, skip_examples: int = 0,
                 augment=None):
         """One epoch's batches (see the module docstring for the order of the stages)."""
         import tensorflow as tf
@@ -363,8 +363,8 @@ class PackedSource:
         ds = self.records(epoch, training)
         if training:
             ds = ds.shuffle(self._shuffle_buffer(), seed=cfg.seed + epoch, reshuffle_each_iteration=False)
-        if skip_batches:
-            ds = ds.skip(skip_batches * batch_size)  # still encoded: skipping decodes nothing
+        if skip_examples:
+            ds = ds.skip(skip_examples)  # still encoded: skipping decodes nothing
         ds = ds.map(decode_record(cfg.image_size), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         ds = ds.batch(batch_size, drop_remainder=False)
         if augment is not None:

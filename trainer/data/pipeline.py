@@ -71,13 +71,15 @@ def make_batches(
     *,
     training: bool,
     epoch: int = 0,
-    skip_batches: int = 0,
+    skip_examples: int = 0,
 ):
     """One epoch's batched pipeline over ``source`` (a pure function of its arguments).
 
     Order: shuffle (training; seeded per epoch, so a resumed epoch sees the same order) ->
-    batch -> skip the batches a resumed epoch already trained on -> augment (training; whole
-    batches, parallel) -> prefetch. Yields ``(uint8 images [B, S, S, 3], int32 labels [B])``.
+    skip the images a resumed epoch already trained on -> batch -> augment (training; whole
+    batches, parallel) -> prefetch. Skipping images, not batches, keeps a resumed epoch exact
+    when the global batch changed (another number of workers or replicas): every image of the
+    epoch is trained once, whatever the batch before and after. Yields ``(uint8 images [B, S, S, 3], int32 labels [B])``.
     A packed stream (``trainer.data.packed.PackedSource``) builds its own stages, in the same order,
     with shards instead of examples as the unit of the first shuffle.
     """
@@ -91,15 +93,15 @@ def make_batches(
     options.autotune.enabled = False
     if hasattr(source, "batches"):  # a packed stream, batched by its reader (data/packed.py)
         ds = source.batches(cfg, batch_size, training=training, epoch=epoch,
-                            skip_batches=skip_batches, augment=augment)
+                            skip_examples=skip_examples, augment=augment)
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
         return ds.prefetch(tf.data.AUTOTUNE).with_options(options)
     ds = source
     if training:
         ds = ds.shuffle(num_examples, seed=cfg.seed + epoch, reshuffle_each_iteration=False)
+    if skip_examples:
+        ds = ds.skip(skip_examples)
     ds = ds.batch(batch_size, drop_remainder=False)
-    if skip_batches:
-        ds = ds.skip(skip_batches)
     if augment is not None:
         ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA

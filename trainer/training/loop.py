@@ -218,6 +218,22 @@ class Trainer:
 
     # Over 60 lines: the epoch loop's resume position, stop checks and chunk pacing share state;
     # split apart (not done in #14: no time to test it) they would need a mutable loop object.
+    def _images_done(self, pos) -> int:
+        """Images of epoch ``pos.epoch`` already trained: the checkpoint's running count, which
+        holds whatever the global batch was (another number of workers or replicas resumes the
+        epoch at the same image); a marker without it, ``pos.step`` batches of this run's."""
+        count = pos.partial.get("count") if pos.step else 0
+        done = pos.step * self.global_batch
+        if isinstance(count, (int, float)) and math.isfinite(count) and count >= 0:
+            done = round(count)
+        done = min(done, len(self.dataset.train))
+        if done and done != pos.step * self.global_batch:
+            log.info("resuming epoch %d at image %d of %d: its checkpoint was saved at another global "
+                     "batch (%d steps of it); this run's is %d (%d x %d replicas)", pos.epoch + 1, done,
+                     len(self.dataset.train), pos.step, self.global_batch, self.cfg.batch_size,
+                     self.runtime.replicas)
+        return done
+
     def fit(self, checkpointer: Checkpointer, stop: StopRequest, observer=None) -> FitResult:
         """Train the remaining epochs. ``observer`` (``trainer.training.observer``) gets a call per
         chunk and per epoch: progress record and TensorBoard events."""
@@ -235,13 +251,15 @@ class Trainer:
             log.info("all %d epochs already trained; evaluating", cfg.epochs)
 
         for epoch in range(pos.epoch, cfg.epochs):
-            skip = pos.step if epoch == pos.epoch else 0
+            done = self._images_done(pos) if epoch == pos.epoch else 0
+            # The steps left at this run's global batch; those before count as done.
+            skip = self.steps_per_epoch - -(-(len(self.dataset.train) - done) // self.global_batch)
             self._enter_phase(epoch)
             totals = np.array([pos.partial.get(k, 0.0) for k in ("loss_sum", "correct", "count")]
-                              if skip else [0.0, 0.0, 0.0])
+                              if done else [0.0, 0.0, 0.0])
             batches = pipeline.make_batches(
                 self.sources["train"], len(self.dataset.train), cfg, self.global_batch,
-                training=True, epoch=epoch, skip_batches=skip,
+                training=True, epoch=epoch, skip_examples=done,
             )
             if self.runtime.workers > 1:
                 batches = multiworker.shard_by_data(batches)
