@@ -122,6 +122,8 @@ def choose_precision(cfg: TrainConfig, gpus: list, cache_dir: Path | None, strat
         if workers > 1:
             mine = tf.constant(ratio, tf.float32)
             ratio = float(strategy.reduce("MEAN", strategy.run(lambda: mine), axis=None).numpy())
+            if cache_dir is not None:  # the ratio the run decided on, for the next run to agree
+                prec.store_calibration(cache_dir, machine, tf.__version__, ratio)
         choice = prec.decide(machine, cfg.precision, cfg.jit_compile, calibration=ratio)
     return choice
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import platform
 import time
 from collections.abc import Callable
@@ -169,15 +170,22 @@ def cached_calibration(cache_dir: Path, machine: Machine, tf_version: str,
     except (OSError, ValueError, KeyError, TypeError):
         pass
     ratio = measure()
+    store_calibration(cache_dir, machine, tf_version, ratio)
+    return ratio
+
+
+def store_calibration(cache_dir: Path, machine: Machine, tf_version: str, ratio: float) -> None:
+    """Keep ``ratio`` as this CPU's calibration (atomically; a cache that cannot be written only
+    costs the next run a new calibration)."""
+    path = cache_dir / f"precision-{cache_key(machine, tf_version)}.json"
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_suffix(f".tmp-{os.getpid()}")
         tmp.write_text(json.dumps({"bf16_over_float32": ratio, "cpu_model": machine.cpu_model,
                                    "tensorflow": tf_version, "measured_at": time.time()}))
         tmp.replace(path)
-    except OSError as exc:  # a read-only scratch only costs the next run a new calibration
+    except OSError as exc:
         log.warning("could not cache the precision calibration at %s: %s", path, exc)
-    return ratio
 
 
 def training_rates(rounds: int = 3, steps: int = 4, image_size: int = 32, batch: int = 32,
