@@ -19,6 +19,7 @@ that a ``gs://`` URI reaches, never by ``import trainer.storage``).
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import threading
@@ -174,6 +175,16 @@ def errors(what: str, not_found: Callable[[], TrainerError] | None = None) -> It
         TimeoutError,
     ) as exc:
         raise StorageError(f"{what}: failed after retries: {_first_line(exc)}") from None
+    except OSError as exc:  # after the network errors above, which are OSErrors too
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        # A volume can fill by blocks long before by bytes (many small files), so the free space
+        # checked before a download is no promise: a full disk is one line, not a traceback.
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise ConfigError(f"{what}: no space left on the local disk{where}; give the pod more "
+                          "scratch space (the spec's scratch_size, the emptyDir behind "
+                          "KUBETRAIN_SCRATCH), or pack the dataset (`python -m trainer data pack`: "
+                          "streamed through a bounded window)") from None
 
 
 def missing_bucket(bucket: str, uri: str, error: type[TrainerError], flag: str) -> Callable[[], TrainerError]:
