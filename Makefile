@@ -40,7 +40,7 @@ bench: $(STAMP) ## trainer vs the tutorial's script, side by side (~25 min; BENC
 
 .PHONY: test
 test: $(STAMP) $(CHECKOV_STAMP) test-services ## run the whole test suite (starts the GCS emulator and the local control plane it needs)
-	$(PY) -m pytest
+	$(PY) -m pytest --durations=40
 
 .PHONY: test-e2e
 test-e2e: $(STAMP) test-services ## the trainer's own image on the real node: kind example, eviction, OOM (~15 min + the image build)

@@ -78,5 +78,7 @@ def open_run_dir(uri: str, scratch: Path, key: str = "output", recover: bool = T
     if is_remote(uri):
         from trainer.storage.gcs_rundir import GCSRunDir  # lazy: the cloud client
 
-        return GCSRunDir(uri, scratch, key=key, recover=recover)
+        # Only the writer finishes a killed publish: two workers doing it at once would delete
+        # the staged copies under each other.
+        return GCSRunDir(uri, scratch, key=key, recover=recover and writer)
     return LocalRunDir(uri, key=key) if writer else ReadOnlyRunDir(uri)
