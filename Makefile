@@ -43,7 +43,7 @@ test: $(STAMP) $(CHECKOV_STAMP) test-services ## run the whole test suite (start
 	$(PY) -m pytest --durations=40
 
 .PHONY: test-e2e
-test-e2e: $(STAMP) test-services ## the trainer's own image on the real node: kind example, eviction, OOM (~15 min + the image build)
+test-e2e: $(STAMP) test-services ## the trainer's own image on the real node: kind example, eviction, OOM (~3 min once the image is built)
 	KUBETRAIN_E2E=1 $(PY) -m pytest tests/cluster/test_real_node_trainer.py
 
 .PHONY: test-services
