@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import hashlib
 import json
 import logging
 import os
@@ -38,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from trainer.core.contract import JOB_NAME_ENV  # the launcher sets it from the Job's name label
+from trainer.core.digest import file_sha256
 from trainer.core.quoting import brief
 from trainer.storage import RunDir, open_run_dir, open_store
 
@@ -58,11 +58,7 @@ def now_iso(seconds: float) -> str:
 def sha256_of(path: Path) -> str | None:
     """``sha256:<hex>`` of a file (None: absent), to say which model was served or promoted."""
     try:
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-        return f"sha256:{digest.hexdigest()}"
+        return f"sha256:{file_sha256(path)}"
     except OSError:
         return None
 

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from trainer.core.digest import file_sha256
+
 
 def _start(kind: str, class_names: Iterable[str]) -> hashlib._Hash:
     digest = hashlib.sha256(f"kubetrain dataset v1 {kind}\n".encode())
@@ -24,7 +26,7 @@ def of_files(class_names: Iterable[str], files: Iterable[tuple[str, int, Path]])
     """The fingerprint of image files given as (key, label, path); read once more, in key order."""
     digest = _start("files", class_names)
     for key, label, path in sorted(files):
-        content = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        content = file_sha256(Path(path))
         digest.update(f"{key}\t{label}\t{content}\n".encode())
     return f"sha256:{digest.hexdigest()}"
 

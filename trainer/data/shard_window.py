@@ -20,7 +20,6 @@ per process per file.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -30,11 +29,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from trainer.core.digest import file_sha256
 from trainer.core.errors import DataError, TrainerError
 
 log = logging.getLogger(__name__)
 
-HASH_CHUNK_BYTES = 4 << 20
 FAILURES: list[TrainerError] = []  # errors seen by fetcher threads (data, storage), newest last
 _verified: set[tuple[str, int, int]] = set()  # (path, size, mtime_ns) of in-place shards checked
 _verified_lock = threading.Lock()
@@ -48,14 +47,6 @@ class ShardRef:
     bytes: int
     sha256: str
     images: int
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(HASH_CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def check_shard(path: Path, shard: ShardRef, where: str) -> None:

@@ -20,13 +20,13 @@ config (``auto_reasons.weights_source``) and the report (``initial_weights`` in 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from trainer.config import BACKBONES, TrainConfig
+from trainer.core.digest import file_sha256
 from trainer.core.errors import ConfigError
 from trainer.model.backbones import BACKBONES as SPECS
 from trainer.storage import small_files
@@ -54,14 +54,6 @@ class InitialWeights:
         return asdict(self)
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def keras_cache_dirs() -> list[Path]:
     """Where Keras keeps downloaded files: $KERAS_HOME (or ~/.keras), then its /tmp fallback."""
     home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
@@ -73,7 +65,7 @@ def _join(prefix: str, name: str) -> str:
 
 
 def _found(kind: str, source: str, path: Path) -> InitialWeights:
-    w = InitialWeights(kind, source, str(path), sha256_of(path))
+    w = InitialWeights(kind, source, str(path), file_sha256(path))
     log.info("initial weights: %s (sha256 %s)", source, w.sha256)
     return w
 
