@@ -153,9 +153,10 @@ def run(cfg: TrainConfig, stop: StagedStop) -> dict:
 def _run(cfg: TrainConfig, stop, stopwatch: Stopwatch, reports: ReportWorker, ledger: Ledger,
          cluster: Cluster | None, scratch: Path) -> dict:
     wall_start = time.monotonic()
-    run_dir = open_run_dir(cfg.output, scratch / "staging", writer=cluster is None or cluster.is_chief)
+    chief = cluster is None or cluster.is_chief
+    run_dir = open_run_dir(cfg.output, scratch / "staging", writer=chief)
     run_log = runlog.start(run_dir)
-    if cfg.promote_to and (cluster is None or cluster.is_chief):
+    if cfg.promote_to and chief:
         # Checked now, not after training: a missing bucket or a read-only path is exit 2.
         open_run_dir(cfg.promote_to, scratch / "promote", key="promote_to", recover=False)
     stop.enter("data loading")  # a bucket prefix is downloaded here too
@@ -165,7 +166,7 @@ def _run(cfg: TrainConfig, stop, stopwatch: Stopwatch, reports: ReportWorker, le
         cfg = dataclasses.replace(cfg, auto_reasons={
             **cfg.auto_reasons, "weights_source": f"{init_weights.source}, sha256 {init_weights.sha256}"})
     _check_same_run(run_dir, cfg)
-    ledger.attach(run_dir, enabled=cluster is None or cluster.is_chief)
+    ledger.attach(run_dir, enabled=chief)
     if cluster is not None and checkpoint.finished(run_dir, cfg.epochs):
         if not cluster.is_chief:  # worker 0 alone evaluates and reports; no peers needed
             log.info("all %d epochs are trained; worker 0 writes the report", cfg.epochs)
@@ -179,7 +180,7 @@ def _run(cfg: TrainConfig, stop, stopwatch: Stopwatch, reports: ReportWorker, le
     if cfg.promote_to and cfg.skip_unchanged and not checkpoint.exists(run_dir):
         reason = promote.nothing_new(cfg, scratch / "promote", dataset)
         if reason:  # before any device, rendezvous or step: no accelerator time spent
-            return _skipped(cfg, run_dir, scratch, dataset, reason, chief=cluster is None or cluster.is_chief)
+            return _skipped(cfg, run_dir, scratch, dataset, reason, chief=chief)
 
 
     stop.enter("model building")
@@ -250,15 +251,16 @@ def _skipped(cfg: TrainConfig, run_dir: RunDir, scratch: Path, dataset, reason: 
     log.info("%s", reason)
     if not chief:
         return {"skipped": reason}
+    recipe = cfg.recipe_fingerprint()
     record = {"format": 1, "state": "skipped", "reason": reason,
               "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-              "data_fingerprint": dataset.fingerprint, "recipe_fingerprint": cfg.recipe_fingerprint(),
+              "data_fingerprint": dataset.fingerprint, "recipe_fingerprint": recipe,
               "promote_to": cfg.promote_to}
     (run_dir.local / SKIPPED_FILE).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
     run_dir.push(SKIPPED_FILE)
     promotions.note(cfg.promote_to, scratch / "promote", cfg.output,
                     {"decision": "skipped", "reason": reason,
-                     "fingerprints": {"data": dataset.fingerprint, "recipe": cfg.recipe_fingerprint()}})
+                     "fingerprints": {"data": dataset.fingerprint, "recipe": recipe}})
     return {"skipped": reason}
 
 
